@@ -1,0 +1,1 @@
+export const MMSIM_VERSION = "0.1.0";
