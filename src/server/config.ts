@@ -1,0 +1,193 @@
+/**
+ * Daemon configuration: embedded defaults, overridden by a JSON file
+ * (--config / MMSIM_CONFIG), then by environment variables (MMSIM_*), then
+ * by command-line flags. `loadConfig` has no side effects beyond reading the
+ * config file through the injected reader, so tests can call it directly.
+ */
+import { readFileSync } from "node:fs";
+
+export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+export type ThpSetting = "always" | "madvise" | "never";
+
+export interface DaemonConfig {
+  /** host:port to listen on; port 0 picks a free port. */
+  listen: string;
+  /** simulated RAM, bytes (multiple of 128 MiB, at least 256 MiB). */
+  ramBytes: number;
+  /** ZONE_MOVABLE at the top of RAM, bytes (multiple of 128 MiB). */
+  movableBytes: number;
+  /** CMA area, bytes (multiple of 4 MiB). */
+  cmaBytes: number;
+  logLevel: LogLevel;
+  /** how long a non-persistent session may live without an attached stream. */
+  sessionGraceMs: number;
+  /** initial transparent_hugepage/enabled. */
+  thp: ThpSetting;
+}
+
+export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
+  listen: "127.0.0.1:50051",
+  ramBytes: 16 * 2 ** 30,
+  movableBytes: 0,
+  cmaBytes: 0,
+  logLevel: "info",
+  sessionGraceMs: 30_000,
+  thp: "always",
+});
+
+const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+const THP_SETTINGS: readonly ThpSetting[] = ["always", "madvise", "never"];
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+export const USAGE = `Usage: mmsimd [options]
+
+Options (precedence: flags > environment > config file > defaults):
+  --listen HOST:PORT     address to listen on (MMSIM_LISTEN; default 127.0.0.1:50051)
+  --ram SIZE             simulated RAM, e.g. 16G, 512M, 4096 (MMSIM_RAM; default 16G)
+  --movable SIZE         ZONE_MOVABLE size (MMSIM_MOVABLE; default 0)
+  --cma SIZE             CMA area size (MMSIM_CMA; default 0)
+  --log-level LEVEL      fatal|error|warn|info|debug|trace|silent (MMSIM_LOG_LEVEL; default info)
+  --thp MODE             always|madvise|never (MMSIM_THP; default always)
+  --session-grace-ms MS  attach grace period of non-persistent sessions (MMSIM_SESSION_GRACE_MS; default 30000)
+  --config FILE          JSON file with any of: listen, ram, movable, cma (sizes),
+                         logLevel, thp, sessionGraceMs (MMSIM_CONFIG)
+  --help                 print this help and exit
+SIZE: a byte count with an optional suffix K, M, G or T (powers of 1024; "KiB", "MB" etc. accepted).`;
+
+const SIZE_RE = /^(\d+)\s*([kmgt]?)(i?b)?$/i;
+const SIZE_SHIFT: Record<string, number> = { "": 0, k: 10, m: 20, g: 30, t: 40 };
+
+/** "16G" -> 17179869184; plain numbers are bytes. */
+export function parseSize(value: string | number, what: string): number {
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value) || value < 0) throw new ConfigError(`${what}: ${value} is not a byte count`);
+    return value;
+  }
+  const m = SIZE_RE.exec(value.trim());
+  if (m === null) throw new ConfigError(`${what}: cannot parse size "${value}" (examples: 16G, 512M, 4096)`);
+  const n = Number(m[1]) * 2 ** SIZE_SHIFT[m[2]!.toLowerCase()]!;
+  if (!Number.isSafeInteger(n)) throw new ConfigError(`${what}: size "${value}" is too large`);
+  return n;
+}
+
+function parseLogLevel(value: unknown, what: string): LogLevel {
+  if (typeof value === "string" && (LOG_LEVELS as readonly string[]).includes(value)) return value as LogLevel;
+  throw new ConfigError(`${what}: log level must be one of ${LOG_LEVELS.join(", ")} (got ${JSON.stringify(value)})`);
+}
+
+function parseThp(value: unknown, what: string): ThpSetting {
+  if (typeof value === "string" && (THP_SETTINGS as readonly string[]).includes(value)) return value as ThpSetting;
+  throw new ConfigError(`${what}: thp must be one of ${THP_SETTINGS.join(", ")} (got ${JSON.stringify(value)})`);
+}
+
+function parseMs(value: unknown, what: string): number {
+  const n = typeof value === "string" && /^\d+$/.test(value.trim()) ? Number(value) : value;
+  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 0) throw new ConfigError(`${what}: ${JSON.stringify(value)} is not a number of milliseconds`);
+  return n;
+}
+
+function parseListen(value: unknown, what: string): string {
+  if (typeof value !== "string" || !/^(\[[0-9a-fA-F:.]+\]|[^:\s]+|[0-9a-fA-F:]+):\d{1,5}$/.test(value))
+    throw new ConfigError(`${what}: listen address must be HOST:PORT (got ${JSON.stringify(value)})`);
+  const port = Number(value.slice(value.lastIndexOf(":") + 1));
+  if (port > 65535) throw new ConfigError(`${what}: port ${port} out of range`);
+  return value;
+}
+
+type Setter = (c: DaemonConfig, v: unknown, what: string) => void;
+
+/** One entry per setting: flag name, env name, config-file keys, parser. */
+const SETTINGS: { flag: string; env: string; keys: string[]; set: Setter }[] = [
+  { flag: "listen", env: "MMSIM_LISTEN", keys: ["listen"], set: (c, v, w) => (c.listen = parseListen(v, w)) },
+  { flag: "ram", env: "MMSIM_RAM", keys: ["ram", "ramBytes"], set: (c, v, w) => (c.ramBytes = parseSize(v as string | number, w)) },
+  {
+    flag: "movable",
+    env: "MMSIM_MOVABLE",
+    keys: ["movable", "movableBytes"],
+    set: (c, v, w) => (c.movableBytes = parseSize(v as string | number, w)),
+  },
+  { flag: "cma", env: "MMSIM_CMA", keys: ["cma", "cmaBytes"], set: (c, v, w) => (c.cmaBytes = parseSize(v as string | number, w)) },
+  { flag: "log-level", env: "MMSIM_LOG_LEVEL", keys: ["logLevel"], set: (c, v, w) => (c.logLevel = parseLogLevel(v, w)) },
+  { flag: "thp", env: "MMSIM_THP", keys: ["thp"], set: (c, v, w) => (c.thp = parseThp(v, w)) },
+  {
+    flag: "session-grace-ms",
+    env: "MMSIM_SESSION_GRACE_MS",
+    keys: ["sessionGraceMs"],
+    set: (c, v, w) => (c.sessionGraceMs = parseMs(v, w)),
+  },
+];
+
+export interface LoadedConfig {
+  config: DaemonConfig;
+  /** --help was given: print USAGE and exit 0. */
+  help: boolean;
+}
+
+/**
+ * Build the configuration from argv (without the node/script prefix) and an
+ * environment. Throws ConfigError with a message fit for the user.
+ */
+export function loadConfig(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  readFile: (path: string) => string = (p) => readFileSync(p, "utf8"),
+): LoadedConfig {
+  const flags = new Map<string, string>();
+  let help = false;
+  let configFile = env.MMSIM_CONFIG !== undefined && env.MMSIM_CONFIG !== "" ? env.MMSIM_CONFIG : undefined;
+  const known = new Set([...SETTINGS.map((s) => s.flag), "config"]);
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--help" || arg === "-h") {
+      help = true;
+      continue;
+    }
+    if (!arg.startsWith("--")) throw new ConfigError(`unexpected argument "${arg}" (see --help)`);
+    const eq = arg.indexOf("=");
+    const name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
+    if (!known.has(name)) throw new ConfigError(`unknown option --${name} (see --help)`);
+    let value: string;
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else {
+      const next = argv[i + 1];
+      if (next === undefined) throw new ConfigError(`option --${name} needs a value`);
+      value = next;
+      i++;
+    }
+    if (name === "config") configFile = value;
+    else flags.set(name, value);
+  }
+
+  const config: DaemonConfig = { ...DEFAULT_CONFIG };
+  if (configFile !== undefined) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFile(configFile));
+    } catch (e) {
+      throw new ConfigError(`config file ${configFile}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+      throw new ConfigError(`config file ${configFile}: expected a JSON object`);
+    const keys = new Map(SETTINGS.flatMap((s) => s.keys.map((k) => [k, s] as const)));
+    for (const [key, value] of Object.entries(parsed)) {
+      const s = keys.get(key);
+      if (s === undefined) throw new ConfigError(`config file ${configFile}: unknown key "${key}"`);
+      s.set(config, value, `config file ${configFile}: ${key}`);
+    }
+  }
+  for (const s of SETTINGS) {
+    const v = env[s.env];
+    if (v !== undefined && v !== "") s.set(config, v, s.env);
+  }
+  for (const s of SETTINGS) {
+    const v = flags.get(s.flag);
+    if (v !== undefined) s.set(config, v, `--${s.flag}`);
+  }
+  return { config, help };
+}

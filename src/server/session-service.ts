@@ -1,0 +1,89 @@
+/** SessionService (session.proto). Session ids travel in the request body. */
+import { type handleServerStreamingCall, status } from "@grpc/grpc-js";
+import {
+  type AttachSessionRequest,
+  type AttachSessionResponse,
+  type CloseSessionRequest,
+  type CloseSessionResponse,
+  type CreateSessionRequest,
+  type CreateSessionResponse,
+  type ListSessionsRequest,
+  type ListSessionsResponse,
+  type SessionServiceServer,
+} from "../gen/mmsim/v1/session.js";
+import { toStatus } from "./errors.js";
+import { checkDecoded, type DecodeFailure, type ServiceDeps, unary } from "./handler.js";
+import type { Session, SessionStream } from "./session.js";
+import { u64 } from "./validate.js";
+
+const SVC = "SessionService";
+
+export function sessionService(d: ServiceDeps): SessionServiceServer {
+  const attachSession: handleServerStreamingCall<AttachSessionRequest, AttachSessionResponse> = (call) => {
+    const method = `${SVC}/AttachSession`;
+    let session: Session | undefined;
+    let finished = false;
+    const stream: SessionStream = {
+      write: (msg) => {
+        if (!finished) call.write(msg);
+      },
+      end: () => {
+        if (finished) return;
+        finished = true;
+        call.end();
+      },
+    };
+    const gone = () => {
+      if (session !== undefined) d.sessions.detach(session, stream);
+      finished = true;
+    };
+    call.on("cancelled", gone);
+    call.on("error", gone);
+    try {
+      const req = checkDecoded(call.request as AttachSessionRequest | DecodeFailure);
+      u64(req.sessionId, "session_id");
+      session = d.sessions.attach(req.sessionId, stream);
+      d.log.debug({ method, session: session.id, code: "OK", streams: session.streams.size }, "rpc stream attached");
+    } catch (err) {
+      const st = toStatus(err);
+      if (st.internal) d.log.error({ method, err }, "internal error");
+      d.log.debug({ method, code: status[st.code], errno: st.errno, details: st.details }, "rpc");
+      finished = true;
+      call.emit("error", { code: st.code, details: st.details, metadata: st.metadata });
+    }
+  };
+
+  return {
+    createSession: unary<CreateSessionRequest, CreateSessionResponse>(d, `${SVC}/CreateSession`, "none", (req) => {
+      const s = d.sessions.create(req.name, req.persistent);
+      return { sessionId: s.id };
+    }),
+
+    attachSession,
+
+    closeSession: unary<CloseSessionRequest, CloseSessionResponse>(d, `${SVC}/CloseSession`, "none", async (req) => {
+      u64(req.sessionId, "session_id");
+      await d.sessions.close(req.sessionId);
+      return {};
+    }),
+
+    listSessions: unary<ListSessionsRequest, ListSessionsResponse>(d, `${SVC}/ListSessions`, "none", () => ({
+      sessions: d.sessions.list().map((s) => {
+        const c = d.sessions.counters(s);
+        return {
+          sessionId: s.id,
+          name: s.name,
+          persistent: s.persistent,
+          attachedStreams: s.streams.size,
+          mmCount: c.mmCount,
+          pinCount: c.pinCount,
+          pinnedPages: c.pinnedPages,
+          fileCount: c.fileCount,
+          notifierCount: c.notifierCount,
+          mirrorCount: c.mirrorCount,
+          lockedBytes: c.lockedBytes,
+        };
+      }),
+    })),
+  };
+}
