@@ -96,6 +96,9 @@ export interface TestDaemon {
   stop(): Promise<void>;
 }
 
+/** Daemons started by this test file and not stopped yet (see test/setup/invariants.ts). */
+export const liveDaemons = new Set<TestDaemon>();
+
 export async function startDaemon(opts: Partial<DaemonConfig> = {}): Promise<TestDaemon> {
   const config: DaemonConfig = { ...DEFAULT_CONFIG, listen: "127.0.0.1:0", logLevel: "silent", ramBytes: 2 * 2 ** 30, ...opts };
   const daemon = await createServer(config);
@@ -150,7 +153,7 @@ export async function startDaemon(opts: Partial<DaemonConfig> = {}): Promise<Tes
     return s;
   };
 
-  return {
+  const td: TestDaemon = {
     address,
     daemon,
     clients,
@@ -163,9 +166,12 @@ export async function startDaemon(opts: Partial<DaemonConfig> = {}): Promise<Tes
       expect(r.violations, JSON.stringify(r.violations, null, 2)).toEqual([]);
     },
     stop: async () => {
+      liveDaemons.delete(td);
       for (const s of streams) s.cancel();
       for (const c of Object.values(raw)) (c as Client).close();
       await daemon.shutdown(1000);
     },
   };
+  liveDaemons.add(td);
+  return td;
 }
