@@ -477,8 +477,22 @@ export function getMeminfo(k: Kernel): MeminfoResult {
   };
 }
 
+/** Counters the kernel's /proc/vmstat does not have: reported as mmsim_*. */
+const SIMULATOR_ONLY = new Set([
+  "cow_faults",
+  "zero_page_faults",
+  "huge_zero_faults",
+  "wp_reuse",
+  "mmu_invalidations",
+  "mmu_interval_callbacks",
+  "pfn_inserts_pud",
+  "pfn_inserts_pmd",
+  "pfn_inserts_pte",
+]);
+
 export function getVmstat(k: Kernel): Record<string, number> {
-  const out: Record<string, number> = { ...k.vmstat };
+  const out: Record<string, number> = {};
+  for (const [name, v] of Object.entries(k.vmstat)) out[SIMULATOR_ONLY.has(name) ? `mmsim_${name}` : name] = v;
   out.nr_free_pages = k.phys.totalFreePages();
   out.mmsim_folio_ref_updates = k.phys.stats.gupRefUpdates;
   out.mmsim_folios_allocated = k.phys.stats.foliosAllocated;

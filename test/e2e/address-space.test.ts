@@ -81,10 +81,10 @@ describe("COW across fork", () => {
     expect(await t.clients.inspect.getFolio({ pfn: before.pfn })).toMatchObject({ refcount: 1, mapcount: 1 });
 
     // The parent's write to page 0 now reuses its page (sole reference): no copy.
-    const cow = (await t.clients.inspect.getVmstat({})).counters["cow_faults"]!;
+    const cow = (await t.clients.inspect.getVmstat({})).counters["mmsim_cow_faults"]!;
     await c.memory.writeMemory({ mmId: parent, addr: a, data: Buffer.from("P") });
     expect((await walk(parent, a, a + 4096))[0]).toMatchObject({ pfn: before.pfn, write: true, anonExclusive: true });
-    expect((await t.clients.inspect.getVmstat({})).counters["cow_faults"]).toBe(cow);
+    expect((await t.clients.inspect.getVmstat({})).counters["mmsim_cow_faults"]).toBe(cow);
 
     // Page 1 is still shared; the parent's write copies it, the child keeps the original.
     const p1 = (await walk(parent, a + 4096, a + 8192))[0]!;
@@ -241,7 +241,7 @@ describe("vmf_insert_pfn_range layouts", () => {
     ]);
     // Special entries take no references and emit nothing.
     const vm1 = (await t.clients.inspect.getVmstat({})).counters;
-    expect(vm1["mmu_invalidations"]).toBe(vm0["mmu_invalidations"]);
+    expect(vm1["mmsim_mmu_invalidations"]).toBe(vm0["mmsim_mmu_invalidations"]);
     expect(vm1["mmsim_folio_ref_updates"]).toBe(vm0["mmsim_folio_ref_updates"]);
     // A second insertion is idempotent.
     const again = await c.device.insertPfnRange({ mmId: mm, addr: va, pfn: bar.pfnStart, nrPages: pages, mode: InsertMode.INSERT_MODE_EAGER, write: false });
