@@ -61,6 +61,7 @@ import {
   GFP_MOVABLE,
   PG_anon,
   PG_anon_exclusive,
+  PG_deferred_split,
   PG_dirty,
   PG_has_data,
   PG_hugetlb,
@@ -594,7 +595,7 @@ function hugetlbWp(k: Kernel, mm: Mm, vma: Vma, haddr: number, t: number, i: num
  * the huge zero PMD becomes 512 zero-page PTEs, a special leaf is cleared.
  * Emits MMU_NOTIFY_CLEAR over the aligned 2 MiB. Returns false on OOM.
  */
-export function splitHugePmd(k: Kernel, mm: Mm, vma: Vma, addr: number): boolean {
+export function splitHugePmd(k: Kernel, mm: Mm, vma: Vma, addr: number, alwaysNotify = false): boolean {
   const pool = k.pt;
   const haddr = addr - (addr % PMD_SIZE);
   const pmdT = ensureTable(pool, mm.pgd, haddr, Level.PMD);
@@ -602,7 +603,11 @@ export function splitHugePmd(k: Kernel, mm: Mm, vma: Vma, addr: number): boolean
   const mi = pmdIndex(haddr);
   const hi = pool.hi(pmdT, mi);
   const pfn = pool.lo(pmdT, mi);
-  if (!isPresentLeaf(hi) || !(hi & E_LEAF)) return true;
+  if (!isPresentLeaf(hi) || !(hi & E_LEAF)) {
+    // __split_huge_pmd starts the notifier before it looks at the entry.
+    if (alwaysNotify) k.withInvalidation(mm, haddr, haddr + PMD_SIZE, MmuNotifyEvent.CLEAR, () => {});
+    return true;
+  }
   const p = k.phys;
   if (hi & E_SPECIAL && !p.isHugeZeroPfn(pfn)) {
     k.withInvalidation(mm, haddr, haddr + PMD_SIZE, MmuNotifyEvent.CLEAR, () => pool.clear(pmdT, mi));
@@ -622,6 +627,11 @@ export function splitHugePmd(k: Kernel, mm: Mm, vma: Vma, addr: number): boolean
       k.mapcountAdd(head, HPAGE_PMD_NR);
       k.rmapRemoveEntireNow(mm, head, 0);
       k.vmstat.thp_split_pmd++;
+      // Now PTE-mapped, the anon THP is queued for deferred split (once).
+      if (p.flags(head) & PG_anon && !(p.flags(head) & PG_deferred_split)) {
+        p.orFlags(head, PG_deferred_split);
+        k.vmstat.thp_deferred_split_page++;
+      }
     }
     pool.set(pmdT, mi, pte, 0x101 /* E_TABLE | E_PRESENT */);
   });

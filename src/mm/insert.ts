@@ -101,6 +101,12 @@ export function insertPfnRange(k: Kernel, mm: Mm, req: InsertRequest): InsertRes
     kernelBug("insert_pfn", "the VMA must have exactly one of VM_PFNMAP and VM_MIXEDMAP");
   if (mode !== "remap" && kind === VM_PFNMAP && isCowMapping(vma.flags))
     kernelBug("insert_pfn", "vmf_insert_pfn into a COW VM_PFNMAP mapping");
+  if (kind === VM_MIXEDMAP && mode !== "remap") {
+    // vmf_insert_pfn into VM_MIXEDMAP must not get a pfn with a struct page
+    // (drivers use vmf_insert_mixed / vm_insert_page for those).
+    for (let q = pfn; q < pfn + n; q++)
+      if (k.phys.pfnValid(q)) kernelBug("vmf_insert_pfn", `VM_MIXEDMAP given PFN ${q}, which has a struct page`);
+  }
   const end = addr + n * PAGE_SIZE;
   if (end > vma.end) {
     r.vmFault = VM_FAULT_SIGBUS;

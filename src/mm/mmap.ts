@@ -213,7 +213,8 @@ function vmaAdjustTransHuge(k: Kernel, mm: Mm, vma: Vma, addr: number): void {
   if (addr % PMD_SIZE !== 0) {
     const h = addr - (addr % PMD_SIZE);
     if (h >= vma.start && h + PMD_SIZE <= vma.end && findTable(k.pt, mm.pgd, h, Level.PMD) !== 0) {
-      if (!splitHugePmd(k, mm, vma, h)) fail(Errno.ENOMEM, "no memory to split a huge PMD");
+      // split_huge_pmd_address notifies even when no huge PMD is there.
+      if (!splitHugePmd(k, mm, vma, h, true)) fail(Errno.ENOMEM, "no memory to split a huge PMD");
     }
   }
 }
@@ -318,10 +319,7 @@ export function zapRange(k: Kernel, mm: Mm, vma: Vma, start: number, end: number
           continue;
         }
         if (vma.isHugetlb) invalid("partial unmap of a hugetlb 2 MiB page");
-        const head = k.phys.pfnValid(pool.lo(pmdT, mi)) ? k.phys.folioHead(pool.lo(pmdT, mi)) : -1;
         if (!splitHugePmd(k, mm, vma, addr)) fail(Errno.ENOMEM, "no memory to split a huge PMD");
-        // A partly unmapped anon THP goes on the deferred split queue.
-        if (head >= 0 && k.phys.flags(head) & PG_anon && !k.phys.isHugeZeroPfn(head)) k.vmstat.thp_deferred_split_page++;
         if (!(pool.hi(pmdT, mi) & E_TABLE)) {
           addr = Math.min(pudEnd, nextPmd);
           continue;
@@ -1059,9 +1057,12 @@ export function exitMm(k: Kernel, mm: Mm): void {
   if (mm.exited) return;
   const notify = mm.notifier.hasSubscribers();
   if (notify) {
-    k.withInvalidation(mm, 0, RANGE_END_ALL, MmuNotifyEvent.RELEASE, () => {});
-    for (const c of mm.notifier.classic) c.release?.(mm.id);
+    // mmu_notifier_release: RELEASE goes to interval subscriptions only;
+    // classic notifiers get ->release, are unlinked, and see nothing more.
+    const classic = [...mm.notifier.classic];
     mm.notifier.classic.clear();
+    k.withInvalidation(mm, 0, RANGE_END_ALL, MmuNotifyEvent.RELEASE, () => {});
+    for (const c of classic) c.release?.(mm.id);
   }
   mm.mmUsers = 0;
   const zapAll = () => {

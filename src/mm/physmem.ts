@@ -54,6 +54,7 @@ export const PG_has_data = 1 << 16; // head: some page of the folio has stored b
 export const PG_allocated = 1 << 17; // page belongs to an allocated folio
 export const PG_lazyfree = 1 << 18; // MADV_FREE'd anon folio
 export const PG_shmem = 1 << 19;
+export const PG_deferred_split = 1 << 20; // head: on the deferred split queue
 
 /** gfp-like allocation flags. */
 export const GFP_MOVABLE = 1 << 0; // __GFP_MOVABLE: ZONE_MOVABLE and CMA allowed
