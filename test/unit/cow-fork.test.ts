@@ -4,6 +4,7 @@ import {
   MADV_DONTFORK,
   MADV_WIPEONFORK,
   MAP_FIXED_NOREPLACE,
+  MAP_PRIVATE,
   MAP_SHARED,
   MmuNotifyEvent,
   PROT_READ,
@@ -11,7 +12,8 @@ import {
 } from "../../src/mm/constants.js";
 import { Errno } from "../../src/mm/errors.js";
 import { cpuFault, SEGV_MAPERR } from "../../src/mm/access.js";
-import { doMadvise, doMprotect, exitMm, forkMm } from "../../src/mm/mmap.js";
+import { createFile, doMadvise, doMprotect, exitMm, forkMm } from "../../src/mm/mmap.js";
+import { FileKind } from "../../src/mm/vma.js";
 import { getFolio } from "../../src/mm/inspect.js";
 import {
   ANON_PRIVATE,
@@ -390,3 +392,36 @@ describe("fork of read-only and special mappings", () => {
   });
 });
 
+
+describe("COW of private file mappings (spec 3.4, 3.5)", () => {
+  it("read maps the page-cache page read-only; a later write copies it (CLEAR one page) and drops the file mapping", () => {
+    const k = mkKernel();
+    const mm = mkMm(k);
+    const f = createFile(k, { name: "memfd", sizeBytes: 8 * 4096, kind: FileKind.SHMEM, hugePageSize: 0, pgmapId: 0 }, 1);
+    const s = mmap(k, mm, 8 * 4096, { flags: MAP_SHARED, fileId: f.id });
+    write(k, mm, s + 4096, bytes(4096, 1));
+    const cachePfn = pfnAt(k, mm, s + 4096);
+    const p = mmap(k, mm, 8 * 4096, { flags: MAP_PRIVATE, fileId: f.id });
+    expect(read(k, mm, p + 4096, 4096)).toEqual(bytes(4096, 1));
+    expect(pfnAt(k, mm, p + 4096)).toBe(cachePfn);
+    expect(runAt(k, mm, p + 4096)!.write).toBe(false);
+    expect(getFolio(k, cachePfn).mapcount).toBe(2);
+    expect(mm.rssShmem).toBe(2);
+    const evs = recordEvents(k);
+    write(k, mm, p + 4096 + 8, bytes(4, 2));
+    expect(starts(evs)).toEqual([ev(MmuNotifyEvent.CLEAR, p + 4096, p + 2 * 4096, mm.id)]);
+    const np = pfnAt(k, mm, p + 4096);
+    expect(np).not.toBe(cachePfn);
+    expect(getFolio(k, np).anon).toBe(true);
+    expect(getFolio(k, np).anonExclusive).toBe(true);
+    expect(getFolio(k, cachePfn).mapcount).toBe(1);
+    expect(getFolio(k, cachePfn).refcount).toBe(2); // page cache + the shared mapping
+    expect(mm.rssShmem).toBe(1);
+    expect(mm.rssAnon).toBe(1);
+    const want = bytes(4096, 1);
+    want.set(bytes(4, 2), 8);
+    expect(read(k, mm, p + 4096, 4096)).toEqual(want);
+    expect(read(k, mm, s + 4096, 4096)).toEqual(bytes(4096, 1));
+    expectClean(k);
+  });
+});

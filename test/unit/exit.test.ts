@@ -83,8 +83,7 @@ describe("exit_mmap", () => {
     expectClean(k);
   });
 
-  // BUG: exitMm runs the RELEASE invalidation through invalidateRangeStart/End, which also calls the classic notifiers' range callbacks; spec 7.2/7.4: RELEASE start/end go to interval subs only, classic notifiers get only ->release and nothing afterwards.
-  it.fails("a classic notifier sees only ->release at exit (no RELEASE or UNMAP range callbacks) (spec 7.2, 7.4)", () => {
+  it("a classic notifier sees only ->release at exit (no RELEASE or UNMAP range callbacks) (spec 7.2, 7.4)", () => {
     const k = mkKernel();
     const mm = mkMm(k);
     const a = mmap(k, mm, 8 * 4096);

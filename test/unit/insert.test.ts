@@ -2,6 +2,11 @@ import { describe, expect, it } from "vitest";
 import type { Kernel } from "../../src/mm/kernel.js";
 import type { Mm } from "../../src/mm/mm.js";
 import {
+  MADV_DONTNEED,
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
+  MAP_FIXED_NOREPLACE,
+  MmuNotifyEvent,
   MAP_PRIVATE,
   MAP_SHARED,
   PROT_READ,
@@ -16,7 +21,7 @@ import { Errno } from "../../src/mm/errors.js";
 import { type InsertRequest, insertPfnRange } from "../../src/mm/insert.js";
 import { getFolio } from "../../src/mm/inspect.js";
 import { cpuFault } from "../../src/mm/access.js";
-import { doMunmap } from "../../src/mm/mmap.js";
+import { doMadvise, doMunmap, forkMm } from "../../src/mm/mmap.js";
 import type { ThpEnabled } from "../../src/mm/kernel.js";
 import {
   EntryKind,
@@ -24,6 +29,7 @@ import {
   Level,
   MiB,
   catchMmError,
+  ev,
   expectClean,
   mkKernel,
   mkMm,
@@ -31,6 +37,7 @@ import {
   recordEvents,
   runAt,
   runs,
+  starts,
 } from "./helpers.js";
 
 const NPAGES = 262144 + 1536 + 3; // 1 GiB + 6 MiB + 12 KiB
@@ -242,8 +249,7 @@ describe("insert errors", () => {
     expectClean(k);
   });
 
-  // BUG: insertPfnRange does not reject a pfn_valid() PFN in a VM_MIXEDMAP VMA (spec 4.1 KBUG, 4.6 "validate like 4.1").
-  it.fails("VM_MIXEDMAP receiving a PFN that has a struct page is a kernel bug (spec 4.1)", () => {
+  it("VM_MIXEDMAP receiving a PFN that has a struct page is a kernel bug (spec 4.1)", () => {
     const { k, mm, va } = setup({ kind: "mixedmap", len: 16 * 4096, flags: MAP_SHARED });
     const pfn = k.phys.allocFolio(0, 0);
     k.refHolders.push(() => new Map([[pfn, { refs: 1, pins: 0 }]]));
@@ -260,6 +266,87 @@ describe("insert errors", () => {
     expect(r.signal).toBe(0);
     expect(r.level).toBe(Level.PMD);
     expect(r.pfn).toBe(bar.startPfn + 256 + 1);
+    expectClean(k);
+  });
+});
+
+describe("the THP gate for PFN mappings (spec 4.5 step 1)", () => {
+  it("enabled=madvise: huge leaves only after MADV_HUGEPAGE; MADV_NOHUGEPAGE disables them under enabled=always", () => {
+    {
+      const { k, mm, bar, va } = setup({ thp: "madvise", len: 4 * MiB });
+      expect(ins(k, mm, { addr: va, pfn: bar.startPfn, nrPages: 512 }).pte).toBe(512);
+      doMadvise(k, mm, va + 2 * MiB, 2 * MiB, MADV_HUGEPAGE);
+      const r = ins(k, mm, { addr: va + 2 * MiB, pfn: bar.startPfn + 512, nrPages: 512 });
+      expect([r.pmd, r.pte]).toEqual([1, 0]);
+      expectClean(k);
+    }
+    {
+      const { k, mm, bar, va } = setup({ thp: "always", len: 4 * MiB });
+      doMadvise(k, mm, va, 4 * MiB, MADV_NOHUGEPAGE);
+      const r = ins(k, mm, { addr: va, pfn: bar.startPfn, nrPages: 1024 });
+      expect([r.pmd, r.pte]).toEqual([0, 1024]);
+      expectClean(k);
+    }
+  });
+});
+
+describe("huge special leaves elsewhere (spec 4.7)", () => {
+  it("a partial munmap inside a PUD leaf clears the whole leaf (CLEAR over the aligned GiB) before the UNMAP; the rest refaults smaller", () => {
+    const { k, mm, bar, va } = setup({ len: GiB + 2 * MiB });
+    const dev = mm.findVma(va)!.device!;
+    dev.basePfn = bar.startPfn; // let the driver's fault handler refault the rest
+    ins(k, mm, { addr: va, pfn: bar.startPfn, nrPages: 262144 });
+    expect(runAt(k, mm, va)!.level).toBe(Level.PUD);
+    const evs = recordEvents(k);
+    doMunmap(k, mm, va + 4096, 4096);
+    expect(starts(evs)).toEqual([
+      ev(MmuNotifyEvent.CLEAR, va, va + GiB, mm.id),
+      ev(MmuNotifyEvent.UNMAP, va + 4096, va + 2 * 4096, mm.id),
+    ]);
+    expect(runs(k, mm, va, va + GiB)).toEqual([]);
+    expect(cpuFault(k, mm, va + 2 * MiB, "read", 0, true).level).toBe(Level.PMD);
+    expect(cpuFault(k, mm, va + 3 * 4096, "read", 0, true).level).toBe(Level.PTE);
+    expect(cpuFault(k, mm, va, "read", 0, true).level).toBe(Level.PTE);
+    expectClean(k);
+  });
+
+  it("fork copies special PUD/PMD leaves of a shared PFNMAP VMA as they are (writable, no event)", () => {
+    const { k, mm, bar, va } = setup();
+    ins(k, mm, { addr: va, pfn: bar.startPfn, nrPages: NPAGES });
+    const evs = recordEvents(k);
+    const child = forkMm(k, mm, "child", 1);
+    expect(evs).toEqual([]);
+    expect(runs(k, child, va, va + NPAGES * 4096)).toEqual(runs(k, mm, va, va + NPAGES * 4096));
+    expect(runAt(k, child, va)!.write).toBe(true);
+    expectClean(k);
+  });
+
+  it("MADV_DONTNEED is allowed on VM_MIXEDMAP: special PTEs cleared with one CLEAR, no refcount effect", () => {
+    const { k, mm, bar, va } = setup({ kind: "mixedmap", len: 16 * 4096, flags: MAP_SHARED });
+    ins(k, mm, { addr: va, pfn: bar.startPfn, nrPages: 16 });
+    const evs = recordEvents(k);
+    doMadvise(k, mm, va + 4 * 4096, 8 * 4096, MADV_DONTNEED);
+    expect(starts(evs)).toEqual([ev(MmuNotifyEvent.CLEAR, va + 4 * 4096, va + 12 * 4096, mm.id)]);
+    expect(runs(k, mm, va, va + 16 * 4096).map((x) => [x.addr - va, x.nr])).toEqual([
+      [0, 4],
+      [12 * 4096, 4],
+    ]);
+    expectClean(k);
+  });
+
+  it("adjacent VM_SPECIAL mappings never merge", () => {
+    const k = mkKernel();
+    const mm = mkMm(k);
+    const bar = k.phys.registerPfnRange("bar", 64, 1);
+    const base = 0x50_0000_0000;
+    for (const off of [0, 8 * 4096]) {
+      mmap(k, mm, 8 * 4096, {
+        addr: base + off,
+        flags: MAP_SHARED | MAP_FIXED_NOREPLACE,
+        device: { kind: "pfnmap", pfnRangeId: bar.id, basePfn: -1, hugeFault: false },
+      });
+    }
+    expect(mm.mapCount).toBe(2);
     expectClean(k);
   });
 });

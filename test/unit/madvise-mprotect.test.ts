@@ -2,6 +2,8 @@ import { describe, expect, it } from "vitest";
 import {
   MADV_DONTNEED,
   MADV_FREE,
+  MADV_POPULATE_READ,
+  MADV_POPULATE_WRITE,
   MAP_FIXED_NOREPLACE,
   MAP_SHARED,
   MmuNotifyEvent,
@@ -129,8 +131,7 @@ describe("munmap events (spec 7.4, 8)", () => {
     expectClean(k);
   });
 
-  // BUG: the deferred-split counter is bumped only when zapRange itself splits a leaf; munmap splits the PMD earlier (vma_adjust_trans_huge), so thp_deferred_split_page stays 0.
-  it.fails("munmap of one page of a THP queues it for deferred split: thp_deferred_split_page +1 (spec 8)", () => {
+  it("munmap of one page of a THP queues it for deferred split: thp_deferred_split_page +1 (spec 8)", () => {
     const k = mkKernel();
     const mm = mkMm(k);
     fixed(k, mm, BASE, 4 * MiB);
@@ -141,8 +142,7 @@ describe("munmap events (spec 7.4, 8)", () => {
     expectClean(k);
   });
 
-  // BUG: vmaAdjustTransHuge calls splitHugePmd, which returns before notifying when the PMD is not a leaf; spec 7.4 wants the CLEAR whenever the PMD table exists.
-  it.fails("an unaligned split where a PMD table exists but no THP is mapped still emits the 2 MiB CLEAR first (spec 7.4)", () => {
+  it("an unaligned split where a PMD table exists but no THP is mapped still emits the 2 MiB CLEAR first (spec 7.4)", () => {
     const k = mkKernel({ tunables: { thpEnabled: "never" } });
     const mm = mkMm(k);
     fixed(k, mm, BASE, 8 * MiB);
@@ -333,6 +333,39 @@ describe("mprotect (spec 7.4, 8)", () => {
   });
 });
 
+describe("mprotect: more ranges", () => {
+  it("one PROTECTION_VMA per top-level (512 GiB PGD) chunk of the range", () => {
+    const k = mkKernel({ tunables: { thpEnabled: "never" } });
+    const mm = mkMm(k);
+    const pgd = 2 ** 39;
+    const start = pgd - 2 * MiB;
+    fixed(k, mm, start, 4 * MiB);
+    write(k, mm, start, bytes(8, 1));
+    write(k, mm, pgd + MiB, bytes(8, 1));
+    const evs = recordEvents(k);
+    doMprotect(k, mm, start, 4 * MiB, PROT_READ);
+    expect(starts(evs)).toEqual([
+      ev(MmuNotifyEvent.PROTECTION_VMA, start, pgd, mm.id),
+      ev(MmuNotifyEvent.PROTECTION_VMA, pgd, pgd + 2 * MiB, mm.id),
+    ]);
+    expectClean(k);
+  });
+
+  it("mprotect of part of a THP: thp_deferred_split_page +1, nr_anon_transparent_hugepages -1 (spec 8 THP split)", () => {
+    const k = mkKernel();
+    const mm = mkMm(k);
+    fixed(k, mm, BASE, 2 * MiB);
+    write(k, mm, BASE, bytes(16, 1));
+    const vs0 = { ...k.vmstat };
+    doMprotect(k, mm, BASE + MiB, MiB, PROT_READ);
+    expect(k.vmstat.thp_split_pmd).toBe(vs0.thp_split_pmd + 1);
+    expect(k.vmstat.nr_anon_transparent_hugepages).toBe(vs0.nr_anon_transparent_hugepages - 1);
+    expect(k.vmstat.thp_split_page).toBe(vs0.thp_split_page);
+    expect(k.vmstat.thp_deferred_split_page).toBe(vs0.thp_deferred_split_page + 1);
+    expectClean(k);
+  });
+});
+
 describe("madvise (spec 7.4, 8)", () => {
   it("MADV_DONTNEED: one CLEAR per VMA over the zapped sub-range; memory refaults as zeros", () => {
     const k = mkKernel({ tunables: { thpEnabled: "never" } });
@@ -376,6 +409,27 @@ describe("madvise (spec 7.4, 8)", () => {
     expect(k.vmstat.thp_split_page).toBe(0);
     expect(getFolio(k, head).order).toBe(9);
     expect(getFolio(k, head).mapcount).toBe(511);
+    expectClean(k);
+  });
+
+  it("a per-VMA error stops the walk: earlier VMAs stay processed, later ones untouched (EINVAL, not ENOMEM)", () => {
+    const k = mkKernel({ tunables: { thpEnabled: "never" } });
+    const mm = mkMm(k);
+    fixed(k, mm, BASE, 4 * 4096);
+    const bar = k.phys.registerPfnRange("bar", 16, 1);
+    mmap(k, mm, 4 * 4096, {
+      addr: BASE + 8 * 4096,
+      flags: MAP_SHARED | MAP_FIXED_NOREPLACE,
+      device: { kind: "pfnmap", pfnRangeId: bar.id, basePfn: bar.startPfn, hugeFault: false },
+    });
+    fixed(k, mm, BASE + 12 * 4096, 4 * 4096, PROT_READ);
+    write(k, mm, BASE, bytes(4 * 4096, 1));
+    cpuFault(k, mm, BASE + 12 * 4096, "read", 0, true);
+    const evs = recordEvents(k);
+    expectErrno(() => doMadvise(k, mm, BASE, 16 * 4096, MADV_DONTNEED), Errno.EINVAL);
+    expect(starts(evs)).toEqual([ev(MmuNotifyEvent.CLEAR, BASE, BASE + 4 * 4096, mm.id)]);
+    expect(mm.rssAnon).toBe(0);
+    expect(runAt(k, mm, BASE + 12 * 4096)!.kind).toBe(EntryKind.ZERO_PAGE);
     expectClean(k);
   });
 
@@ -436,6 +490,60 @@ describe("madvise (spec 7.4, 8)", () => {
     expectErrno(() => doMadvise(k, mm, BASE, 4096, 12345), Errno.EINVAL);
     expectErrno(() => doMadvise(k, mm, BASE + 7, 4096, MADV_DONTNEED), Errno.EINVAL);
     doMadvise(k, mm, BASE + 64 * 4096, 0, MADV_DONTNEED);
+    expectClean(k);
+  });
+});
+
+describe("MADV_POPULATE_READ / MADV_POPULATE_WRITE (spec 8)", () => {
+  it("POPULATE_WRITE faults every page writable; POPULATE_READ maps zero pages", () => {
+    const k = mkKernel({ tunables: { thpEnabled: "never" } });
+    const mm = mkMm(k);
+    const a = fixed(k, mm, BASE, 8 * 4096);
+    doMadvise(k, mm, a, 4 * 4096, MADV_POPULATE_WRITE);
+    doMadvise(k, mm, a + 4 * 4096, 4 * 4096, MADV_POPULATE_READ);
+    expect(mm.rssAnon).toBe(4);
+    const rs = runs(k, mm, a, a + 8 * 4096);
+    expect(rs.map((r) => [r.kind, r.nr, r.write])).toEqual([
+      [EntryKind.PRESENT, 4, true],
+      [EntryKind.ZERO_PAGE, 4, false],
+    ]);
+    expectClean(k);
+  });
+
+  it("stops at the first hole with ENOMEM; later VMAs are left untouched", () => {
+    const k = mkKernel({ tunables: { thpEnabled: "never" } });
+    const mm = mkMm(k);
+    fixed(k, mm, BASE, 4 * 4096);
+    fixed(k, mm, BASE + 8 * 4096, 4 * 4096);
+    expectErrno(() => doMadvise(k, mm, BASE, 12 * 4096, MADV_POPULATE_WRITE), Errno.ENOMEM);
+    expect(runs(k, mm, BASE, BASE + 4 * 4096).reduce((n, r) => n + r.nr, 0)).toBe(4);
+    expect(runs(k, mm, BASE + 8 * 4096, BASE + 12 * 4096)).toEqual([]);
+    expectClean(k);
+  });
+
+  it("an incompatible VMA (write to PROT_READ, VM_PFNMAP) is EINVAL", () => {
+    const k = mkKernel();
+    const mm = mkMm(k);
+    const a = fixed(k, mm, BASE, 4 * 4096, PROT_READ);
+    expectErrno(() => doMadvise(k, mm, a, 4 * 4096, MADV_POPULATE_WRITE), Errno.EINVAL);
+    expect(runs(k, mm, a, a + 4 * 4096)).toEqual([]);
+    const bar = k.phys.registerPfnRange("bar", 16, 1);
+    const d = mmap(k, mm, 16 * 4096, {
+      flags: MAP_SHARED,
+      device: { kind: "pfnmap", pfnRangeId: bar.id, basePfn: bar.startPfn, hugeFault: false },
+    });
+    expectErrno(() => doMadvise(k, mm, d, 4096, MADV_POPULATE_READ), Errno.EINVAL);
+    expectClean(k);
+  });
+
+  it("a fault that raises SIGBUS is EFAULT", () => {
+    const k = mkKernel();
+    const mm = mkMm(k);
+    const d = mmap(k, mm, 16 * 4096, {
+      flags: MAP_SHARED,
+      device: { kind: "mixedmap", pfnRangeId: 0, basePfn: -1, hugeFault: false },
+    });
+    expectErrno(() => doMadvise(k, mm, d, 4096, MADV_POPULATE_READ), Errno.EFAULT);
     expectClean(k);
   });
 });

@@ -18,10 +18,10 @@ import {
   VM_MAYSHARE,
   VM_SHARED,
 } from "../../src/mm/constants.js";
-import { createFile, doMunmap, forkMm } from "../../src/mm/mmap.js";
+import { createFile, doMunmap, forkMm, resizeFile } from "../../src/mm/mmap.js";
 import { FileKind } from "../../src/mm/vma.js";
 import { getFolio } from "../../src/mm/inspect.js";
-import { cpuFault } from "../../src/mm/access.js";
+import { SIGBUS, cpuFault } from "../../src/mm/access.js";
 import {
   ANON_PRIVATE,
   ANON_SHARED,
@@ -356,6 +356,50 @@ describe("shared memory", () => {
     expect(read(k, m1, a1 + 5 * 4096 + 10, 32)).toEqual(bytes(32, 4));
     expect(pfnAt(k, m2, a3 + 5 * 4096)).not.toBe(pfn);
     expect(cpuFault(k, m1, a1 + 15 * 4096, "read", 0, true).signal).toBe(0);
+    expectClean(k);
+  });
+});
+
+describe("file size and truncation", () => {
+  it("an access beyond the end of a shared file mapping's file is SIGBUS", () => {
+    const k = mkKernel();
+    const mm = mkMm(k);
+    const f = createFile(k, { name: "memfd", sizeBytes: 2 * 4096, kind: FileKind.SHMEM, hugePageSize: 0, pgmapId: 0 }, 1);
+    const a = mmap(k, mm, 4 * 4096, { flags: MAP_SHARED, fileId: f.id });
+    expect(cpuFault(k, mm, a + 4096, "read", 0, true).signal).toBe(0);
+    expect(cpuFault(k, mm, a + 2 * 4096, "read", 0, true).signal).toBe(SIGBUS);
+    expect(runAt(k, mm, a + 2 * 4096)).toBeUndefined();
+    expectClean(k);
+  });
+
+  it("truncation zaps the mappings beyond the new size with CLEAR (unmap_mapping_range, spec 7.4) and frees the cache", () => {
+    const k = mkKernel();
+    const m1 = mkMm(k, "a");
+    const m2 = mkMm(k, "b");
+    const f = createFile(k, { name: "memfd", sizeBytes: 16 * 4096, kind: FileKind.SHMEM, hugePageSize: 0, pgmapId: 0 }, 1);
+    const a1 = mmap(k, m1, 16 * 4096, { flags: MAP_SHARED, fileId: f.id });
+    const a2 = mmap(k, m2, 8 * 4096, { flags: MAP_SHARED, fileId: f.id, offset: 8 * 4096 });
+    const a3 = mmap(k, m2, 16 * 4096, { flags: MAP_PRIVATE, fileId: f.id });
+    write(k, m1, a1, bytes(16 * 4096, 1));
+    expect(read(k, m2, a2, 4096)).toEqual(bytes(16 * 4096, 1).subarray(8 * 4096, 9 * 4096));
+    write(k, m2, a3 + 12 * 4096, bytes(8, 2)); // a private COW copy beyond the new size
+    const free0 = k.phys.totalFreePages();
+    const evs = recordEvents(k);
+    resizeFile(k, f, 6 * 4096);
+    const got = starts(evs);
+    expect(got.length).toBeGreaterThanOrEqual(3);
+    const want = new Set([
+      JSON.stringify(ev(MmuNotifyEvent.CLEAR, a1 + 6 * 4096, a1 + 16 * 4096, m1.id)),
+      JSON.stringify(ev(MmuNotifyEvent.CLEAR, a2, a2 + 8 * 4096, m2.id)),
+      JSON.stringify(ev(MmuNotifyEvent.CLEAR, a3 + 6 * 4096, a3 + 16 * 4096, m2.id)),
+    ]);
+    expect(new Set(got.map((e) => JSON.stringify(e)))).toEqual(want);
+    expect(runs(k, m1, a1 + 6 * 4096, a1 + 16 * 4096)).toEqual([]);
+    expect(runs(k, m2, a2, a2 + 8 * 4096)).toEqual([]);
+    expect(runs(k, m2, a3 + 6 * 4096, a3 + 16 * 4096)).toEqual([]); // even_cows: the private copy goes too
+    expect(k.phys.totalFreePages()).toBe(free0 + 10 + 1);
+    expect(cpuFault(k, m1, a1 + 6 * 4096, "read", 0, true).signal).toBe(SIGBUS);
+    expect(read(k, m1, a1 + 5 * 4096, 4096)).toEqual(bytes(16 * 4096, 1).subarray(5 * 4096, 6 * 4096));
     expectClean(k);
   });
 });
