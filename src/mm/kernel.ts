@@ -11,6 +11,7 @@ import { type NotifierRange, RANGE_END_ALL } from "./mmu-notifier.js";
 import { Level } from "./constants.js";
 import { DEFAULT_PHYS_CONFIG, type PhysConfig, PhysMem, PG_anon, PG_hugetlb, PG_shmem, PG_pagecache } from "./physmem.js";
 import { TablePool } from "./pagetable.js";
+import { PinRegistry } from "./pins.js";
 import { AnonVma, type DeviceMapping, FileObject, type Vma } from "./vma.js";
 
 export type ThpEnabled = "always" | "madvise" | "never";
@@ -114,10 +115,15 @@ export class Kernel {
   readonly extraChecks: ((add: (v: { code: string; message: string; pfn?: number; mmId?: number; addr?: number }) => void) => void)[] = [];
   /** observers of every invalidation (metrics, event logs) */
   readonly invalidationObservers = new Set<(r: NotifierRange, phase: "start" | "end") => void>();
+  /** GUP references and pins held by sessions (pins.ts). */
+  readonly pins: PinRegistry;
 
   constructor(config: KernelConfig = {}) {
     this.phys = new PhysMem({ ...DEFAULT_PHYS_CONFIG, ...config.phys });
     this.tunables = { ...DEFAULT_TUNABLES, ...config.tunables };
+    this.pins = new PinRegistry(this);
+    this.refHolders.push(() => this.pins.heldRefs());
+    this.extraChecks.push((add) => this.pins.checkPinStats(add));
   }
 
   // ------------------------------------------------------------ objects

@@ -1,0 +1,801 @@
+/**
+ * The pin registry: the GUP references (FOLL_GET) and pins (FOLL_PIN) that
+ * each client session holds, so that they are released exactly - by handle,
+ * by page list, by PFN range or by folio - and all at once when the session
+ * ends (releaseSession).
+ *
+ * Vocabulary (as pfn-batch.ts and constants.ts):
+ *  - A handle names what one GUP call took. Its pages are numbered
+ *    [0, nrPages) in the order of the call's pages[] (virtual-address order).
+ *  - A run is a stretch of one handle inside one folio: the pages
+ *    [pfn, pfn + count) numbered [idx, idx + count) in the handle, all of one
+ *    kind (RUN_PIN set: FOLL_PIN, else FOLL_GET). A RUN_SAME run is `count`
+ *    references to the one page `pfn` (consecutive PTEs of the shared zero
+ *    page). Runs live in typed arrays; there is no per-page object.
+ *  - A 4 KiB zero-page pin is a no-op in the kernel (is_zero_folio): it is kept
+ *    as a RUN_NOOP run so that the handle still covers those pages, and is
+ *    released without any accounting.
+ *
+ * Release rules:
+ *  - All or nothing: a request naming a page the session does not hold fails
+ *    with MmError kind "precondition" and changes nothing, so no count can go
+ *    negative. Teardown (releaseSession) never fails.
+ *  - Arithmetic is gup_put_folio's (gup.ts), one update per folio group;
+ *    with make_dirty the folio is dirtied once per group, before the put
+ *    (unpin_user_pages_dirty_lock).
+ *  - A per-folio index (head PFN -> runs) is built only when a release names
+ *    pages rather than a handle, and kept up to date from then on.
+ */
+import { HPAGE_PUD_NR, PAGE_SIZE } from "./constants.js";
+import { Errno, fail, invalid } from "./errors.js";
+import * as G from "./gup.js";
+import type { Kernel } from "./kernel.js";
+import * as PM from "./physmem.js";
+
+export { RUN_BIAS2019, RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME } from "./gup.js";
+
+// Module-local bindings of names used per run (see the note in gup.ts).
+const { RUN_BIAS2019, RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME, gupPutFolio } = G;
+const { PG_dirty, PG_reserved } = PM;
+
+interface Counters {
+  livePages: number;
+  pins: number;
+  gets: number;
+  locked: number;
+}
+
+/** Add `n` pages of a run with `flags` to (or, with n < 0, remove from) counters. */
+function countInto(c: Counters, flags: number, n: number): void {
+  c.livePages += n;
+  if (flags & RUN_NOOP) return;
+  if (flags & RUN_PIN) {
+    c.pins += n;
+    if (flags & RUN_LONGTERM) c.locked += n;
+  } else {
+    c.gets += n;
+  }
+}
+
+/** What one GUP call holds, as runs. */
+export class PinHandle implements Counters {
+  /** 0 until committed to the registry */
+  id = 0;
+  /** pages of the call (its return value) */
+  nrPages = 0;
+  nRuns = 0;
+  runPfn = new Uint32Array(8);
+  runCount = new Uint32Array(8);
+  runHead = new Uint32Array(8);
+  runIdx = new Float64Array(8);
+  runFlags = new Uint8Array(8);
+  livePages = 0;
+  /** logical FOLL_PIN pins accounted in vmstat (no-op zero-page pins excluded) */
+  pins = 0;
+  gets = 0;
+  /** pages counted against the session's memlock limit */
+  locked = 0;
+
+  constructor(
+    readonly session: number,
+    readonly mmId: number,
+  ) {}
+
+  /** Append a run (no counter change); returns its index. */
+  push(pfn: number, count: number, head: number, idx: number, flags: number): number {
+    if (this.nRuns === this.runPfn.length) this.grow();
+    const r = this.nRuns++;
+    this.runPfn[r] = pfn;
+    this.runCount[r] = count;
+    this.runHead[r] = head;
+    this.runIdx[r] = idx;
+    this.runFlags[r] = flags;
+    return r;
+  }
+
+  /** Counters for `n` pages of a run with `flags` (n < 0 removes). */
+  count(flags: number, n: number): void {
+    countInto(this, flags, n);
+  }
+
+  private grow(): void {
+    const c = this.runPfn.length * 2;
+    this.runPfn = growU32(this.runPfn, c);
+    this.runCount = growU32(this.runCount, c);
+    this.runHead = growU32(this.runHead, c);
+    const idx = new Float64Array(c);
+    idx.set(this.runIdx);
+    this.runIdx = idx;
+    const fl = new Uint8Array(c);
+    fl.set(this.runFlags);
+    this.runFlags = fl;
+  }
+}
+
+class SessionPins implements Counters {
+  readonly handles = new Set<PinHandle>();
+  livePages = 0;
+  pins = 0;
+  gets = 0;
+  locked = 0;
+  /** head PFN -> [handleId, run, handleId, run, ...]; null until needed */
+  index: Map<number, number[]> | null = null;
+  /** the run last released from: in-order releases find the next one here */
+  hintH: PinHandle | null = null;
+  hintR = 0;
+}
+
+export interface ReleaseResult {
+  /** pages released (including no-op zero-page pins) */
+  pages: number;
+  /** refcount/pincount updates made (one per folio group) */
+  folios: number;
+  /** folios marked dirty */
+  dirtied: number;
+}
+
+export interface PinHandleInfo {
+  id: number;
+  session: number;
+  mmId: number;
+  nrPages: number;
+  livePages: number;
+  pins: number;
+  gets: number;
+  runs: { pfn: number; count: number; head: number; idx: number; flags: number }[];
+}
+
+/**
+ * One release request: the pages taken off runs (per handle, head, kind), an
+ * undo log of the runs it changed (so a request that turns out to name an
+ * unheld page is undone), and the accounting done at commit. Typed arrays,
+ * grown by doubling.
+ */
+class ReleaseTxn {
+  /** handles involved; entries refer to them by position */
+  readonly hs: PinHandle[] = [];
+  private lastH: PinHandle | null = null;
+  private lastHi = 0;
+  n = 0;
+  relH = new Uint32Array(16);
+  relHead = new Uint32Array(16);
+  relN = new Float64Array(16);
+  relFlags = new Uint8Array(16);
+  // undo log: before-images of changed runs, and run counts before appends
+  private u = 0;
+  private uH = new Uint32Array(16);
+  private uR = new Float64Array(16);
+  private uPfn = new Float64Array(16);
+  private uCount = new Float64Array(16);
+  private uIdx = new Float64Array(16);
+  private readonly aH: PinHandle[] = [];
+  private readonly aN: number[] = [];
+
+  constructor(readonly undoable: boolean) {}
+
+  private hIndex(h: PinHandle): number {
+    if (h === this.lastH) return this.lastHi;
+    let i = this.hs.indexOf(h);
+    if (i < 0) {
+      i = this.hs.length;
+      this.hs.push(h);
+    }
+    this.lastH = h;
+    this.lastHi = i;
+    return i;
+  }
+
+  logRun(h: PinHandle, r: number): void {
+    if (!this.undoable) return;
+    if (this.u === this.uH.length) {
+      this.uH = growU32(this.uH, this.u * 2);
+      this.uR = growF64(this.uR, this.u * 2);
+      this.uPfn = growF64(this.uPfn, this.u * 2);
+      this.uCount = growF64(this.uCount, this.u * 2);
+      this.uIdx = growF64(this.uIdx, this.u * 2);
+    }
+    const u = this.u++;
+    this.uH[u] = this.hIndex(h);
+    this.uR[u] = r;
+    this.uPfn[u] = h.runPfn[r]!;
+    this.uCount[u] = h.runCount[r]!;
+    this.uIdx[u] = h.runIdx[r]!;
+  }
+
+  logAppend(h: PinHandle): void {
+    if (!this.undoable) return;
+    this.aH.push(h);
+    this.aN.push(h.nRuns);
+  }
+
+  release(h: PinHandle, head: number, n: number, flags: number): void {
+    const hi = this.hIndex(h);
+    const last = this.n - 1;
+    if (last >= 0 && this.relH[last] === hi && this.relHead[last] === head && this.relFlags[last] === flags) {
+      this.relN[last]! += n;
+      return;
+    }
+    if (this.n === this.relH.length) {
+      this.relH = growU32(this.relH, this.n * 2);
+      this.relHead = growU32(this.relHead, this.n * 2);
+      this.relN = growF64(this.relN, this.n * 2);
+      const f = new Uint8Array(this.n * 2);
+      f.set(this.relFlags);
+      this.relFlags = f;
+    }
+    const i = this.n++;
+    this.relH[i] = hi;
+    this.relHead[i] = head;
+    this.relN[i] = n;
+    this.relFlags[i] = flags;
+  }
+
+  rollback(): void {
+    for (let i = this.u - 1; i >= 0; i--) {
+      const h = this.hs[this.uH[i]!]!;
+      const r = this.uR[i]!;
+      h.runPfn[r] = this.uPfn[i]!;
+      h.runCount[r] = this.uCount[i]!;
+      h.runIdx[r] = this.uIdx[i]!;
+    }
+    for (let i = this.aH.length - 1; i >= 0; i--) this.aH[i]!.nRuns = this.aN[i]!;
+  }
+}
+
+const notHeldMsg = (session: number, what: string) => `session ${session} does not hold ${what}`;
+
+export class PinRegistry {
+  private readonly handles = new Map<number, PinHandle>();
+  private readonly sessions = new Map<number, SessionPins>();
+  private nextId = 1;
+  /** Σ outstanding logical pins, for I3 (zero-page pins excluded, as in vmstat). */
+  outstandingPins = 0;
+
+  constructor(private readonly k: Kernel) {}
+
+  // ------------------------------------------------------------ handles
+
+  /** A handle for a GUP call in progress (not registered until commit). */
+  newHandle(session: number, mmId: number): PinHandle {
+    return new PinHandle(session, mmId);
+  }
+
+  /**
+   * Register what a finished call holds. Returns the handle id, or 0 when it
+   * holds no reference (nothing, or only no-op zero-page pins).
+   */
+  commit(h: PinHandle, nrPages: number): number {
+    if (h.pins === 0 && h.gets === 0) return 0;
+    h.id = this.nextId++;
+    h.nrPages = nrPages;
+    this.handles.set(h.id, h);
+    const s = this.session(h.session, true)!;
+    s.handles.add(h);
+    s.livePages += h.livePages;
+    s.pins += h.pins;
+    s.gets += h.gets;
+    s.locked += h.locked;
+    this.outstandingPins += h.pins;
+    s.hintH = h; // releases usually start where the newest pin starts
+    s.hintR = 0;
+    if (s.index !== null) for (let r = 0; r < h.nRuns; r++) if (h.runCount[r]! > 0) addRef(s.index, h.runHead[r]!, h.id, r);
+    return h.id;
+  }
+
+  handle(id: number): PinHandle | undefined {
+    return this.handles.get(id);
+  }
+
+  handleInfo(id: number): PinHandleInfo | undefined {
+    const h = this.handles.get(id);
+    if (h === undefined) return undefined;
+    const runs: PinHandleInfo["runs"] = [];
+    for (let r = 0; r < h.nRuns; r++) {
+      if (h.runCount[r] === 0) continue;
+      runs.push({ pfn: h.runPfn[r]!, count: h.runCount[r]!, head: h.runHead[r]!, idx: h.runIdx[r]!, flags: h.runFlags[r]! });
+    }
+    runs.sort((a, b) => a.idx - b.idx);
+    return { id, session: h.session, mmId: h.mmId, nrPages: h.nrPages, livePages: h.livePages, pins: h.pins, gets: h.gets, runs };
+  }
+
+  /** Pages a session has pinned with FOLL_LONGTERM (its memlock usage). */
+  lockedPages(session: number): number {
+    return this.sessions.get(session)?.locked ?? 0;
+  }
+
+  sessionCounters(session: number): { pinCount: number; pinnedPages: number; getPages: number; lockedBytes: number } {
+    const s = this.sessions.get(session);
+    if (s === undefined) return { pinCount: 0, pinnedPages: 0, getPages: 0, lockedBytes: 0 };
+    return { pinCount: s.handles.size, pinnedPages: s.pins, getPages: s.gets, lockedBytes: s.locked * PAGE_SIZE };
+  }
+
+  // ------------------------------------------------------------ release
+
+  /**
+   * Release a handle: all of it, or the pages [first, first + count) of the
+   * call (every one of them must still be held).
+   */
+  releaseHandle(session: number, id: number, first?: number, count?: number, makeDirty = false): ReleaseResult {
+    const h = this.handles.get(id);
+    if (h === undefined || h.session !== session) fail(Errno.EINVAL, notHeldMsg(session, `handle ${id}`), "precondition");
+    const s = this.session(session, false)!;
+    if (first === undefined && count === undefined) {
+      const res: ReleaseResult = { pages: 0, folios: 0, dirtied: 0 };
+      this.dropHandle(s, h, makeDirty, res);
+      return res;
+    }
+    const txn = new ReleaseTxn(false);
+    const f = first ?? 0;
+    const n = count ?? h.nrPages - f;
+    if (!Number.isSafeInteger(f) || !Number.isSafeInteger(n) || f < 0 || n < 0 || f + n > h.nrPages)
+      invalid(`pages [${f}, ${f + n}) are outside handle ${id} (${h.nrPages} pages)`);
+    const end = f + n;
+    let covered = 0;
+    for (let r = 0; r < h.nRuns; r++) {
+      const c = h.runCount[r]!;
+      if (c === 0) continue;
+      const a = h.runIdx[r]!;
+      covered += Math.max(0, Math.min(end, a + c) - Math.max(f, a));
+    }
+    if (covered !== n) fail(Errno.EINVAL, notHeldMsg(session, `pages [${f}, ${end}) of handle ${id}: only ${covered} of them are held`), "precondition");
+    const nRuns = h.nRuns; // runs appended by middle cuts lie outside the range
+    for (let r = 0; r < nRuns; r++) {
+      const c = h.runCount[r]!;
+      if (c === 0) continue;
+      const a = h.runIdx[r]!;
+      const lo = Math.max(f, a);
+      const hi = Math.min(end, a + c);
+      if (lo < hi) this.cut(txn, s, h, r, lo - a, hi - lo);
+    }
+    return this.commitTxn(txn, s, makeDirty);
+  }
+
+  /**
+   * unpin_user_pages / unpin_user_pages_dirty_lock (kind "pin") and the
+   * put_page loop of FOLL_GET users (kind "get"): consecutive entries of one
+   * folio form a group (gup_folio_next); negative entries are NULL and are
+   * skipped; unpinning the 4 KiB zero page is a no-op.
+   */
+  releasePages(session: number, pages: ArrayLike<number>, npages: number, kind: "pin" | "get", makeDirty = false): ReleaseResult {
+    if (!Number.isSafeInteger(npages)) invalid(`npages ${npages} is not an integer`);
+    // A negative errno passed as a count: the kernel WARNs and does nothing.
+    if (npages < 0) return { pages: 0, folios: 0, dirtied: 0 };
+    if (npages > pages.length) invalid(`npages ${npages} exceeds the ${pages.length} entries given`);
+    const p = this.k.phys;
+    const pin = kind === "pin";
+    const s = this.session(session, false);
+    const txn = new ReleaseTxn(true);
+    try {
+      let i = 0;
+      while (i < npages) {
+        const pfn = pages[i]!;
+        if (pfn < 0) {
+          i++;
+          continue;
+        }
+        const head = this.folioOf(session, pfn);
+        if (pin && head === p.zeroPfn) {
+          i++;
+          continue;
+        }
+        // gup_folio_next: the folio is naturally aligned, so membership is a range check
+        const fend = head + p.folioNrPages(head);
+        let j = i + 1;
+        let contiguous = true;
+        while (j < npages) {
+          const q = pages[j]!;
+          if (!(q >= head && q < fend) || !Number.isInteger(q)) break;
+          if (q !== pfn + (j - i)) contiguous = false;
+          j++;
+        }
+        if (s === undefined) fail(Errno.EINVAL, notHeldMsg(session, `a ${kind} reference on pfn ${pfn}`), "precondition");
+        if (contiguous) {
+          if (!this.takeRange(txn, s, head, pfn, pfn + (j - i), pin))
+            fail(Errno.EINVAL, notHeldMsg(session, `${kind} references on pfns [${pfn}, ${pfn + j - i})`), "precondition");
+        } else {
+          for (let m = i; m < j; m++) {
+            const q = pages[m]!;
+            if (!this.takeRange(txn, s, head, q, q + 1, pin)) fail(Errno.EINVAL, notHeldMsg(session, `a ${kind} reference on pfn ${q}`), "precondition");
+          }
+        }
+        i = j;
+      }
+    } catch (e) {
+      txn.rollback();
+      if (s !== undefined) s.index = null;
+      throw e;
+    }
+    return s === undefined ? { pages: 0, folios: 0, dirtied: 0 } : this.commitTxn(txn, s, makeDirty);
+  }
+
+  /**
+   * unpin_user_page_range_dirty_lock: one pin off each page of the physically
+   * contiguous [firstPfn, firstPfn + npages), grouped by folio
+   * (gup_folio_range_next), without any page array.
+   */
+  unpinPfnRange(session: number, firstPfn: number, npages: number, makeDirty = false): ReleaseResult {
+    if (!Number.isSafeInteger(firstPfn) || !Number.isSafeInteger(npages) || firstPfn < 0 || npages < 0 || firstPfn + npages > 2 ** 32)
+      invalid(`pfn range [${firstPfn}, ${firstPfn + npages}) out of range`);
+    const p = this.k.phys;
+    const s = this.session(session, false);
+    const txn = new ReleaseTxn(true);
+    const end = firstPfn + npages;
+    try {
+      let pfn = firstPfn;
+      while (pfn < end) {
+        const head = this.folioOf(session, pfn);
+        const stop = Math.min(end, head + p.folioNrPages(head));
+        if (head !== p.zeroPfn) {
+          if (s === undefined || !this.takeRange(txn, s, head, pfn, stop, true))
+            fail(Errno.EINVAL, notHeldMsg(session, `pins on pfns [${pfn}, ${stop})`), "precondition");
+        }
+        pfn = stop;
+      }
+    } catch (e) {
+      txn.rollback();
+      if (s !== undefined) s.index = null;
+      throw e;
+    }
+    return s === undefined ? { pages: 0, folios: 0, dirtied: 0 } : this.commitTxn(txn, s, makeDirty);
+  }
+
+  /**
+   * unpin_user_folio(folio, npages) / unpin_folios: `npages` pins off the
+   * folio of each given PFN, whichever of its pages they were taken on.
+   * Consecutive equal folios are grouped.
+   */
+  unpinFolios(session: number, folios: ArrayLike<number>, nfolios: number, npagesEach = 1): ReleaseResult {
+    if (!Number.isSafeInteger(nfolios) || nfolios < 0 || nfolios > folios.length) invalid(`nfolios ${nfolios} out of range`);
+    if (!Number.isSafeInteger(npagesEach) || npagesEach < 0 || npagesEach > HPAGE_PUD_NR) invalid(`npages ${npagesEach} out of range`);
+    const p = this.k.phys;
+    const s = this.session(session, false);
+    const txn = new ReleaseTxn(true);
+    try {
+      let i = 0;
+      while (i < nfolios) {
+        const head = this.folioOf(session, folios[i]!);
+        let j = i + 1;
+        while (j < nfolios && Number.isSafeInteger(folios[j]!) && folios[j]! >= 0 && p.pfnValid(folios[j]!) && p.folioHead(folios[j]!) === head) j++;
+        const n = (j - i) * npagesEach;
+        if (head !== p.zeroPfn && n > 0 && (s === undefined || !this.takeAny(txn, s, head, n)))
+          fail(Errno.EINVAL, notHeldMsg(session, `${n} pins on the folio at pfn ${head}`), "precondition");
+        i = j;
+      }
+    } catch (e) {
+      txn.rollback();
+      if (s !== undefined) s.index = null;
+      throw e;
+    }
+    return s === undefined ? { pages: 0, folios: 0, dirtied: 0 } : this.commitTxn(txn, s, false);
+  }
+
+  /** Drop everything a session holds (session end). Never fails. */
+  releaseSession(session: number): ReleaseResult {
+    const s = this.sessions.get(session);
+    if (s === undefined) return { pages: 0, folios: 0, dirtied: 0 };
+    const res: ReleaseResult = { pages: 0, folios: 0, dirtied: 0 };
+    for (const h of [...s.handles]) this.dropHandle(s, h, false, res);
+    this.sessions.delete(session);
+    return res;
+  }
+
+  // ------------------------------------------------------- checker hooks
+
+  /** refHolders entry: head PFN -> references and pins held by all sessions. */
+  heldRefs(): Map<number, { refs: number; pins: number }> {
+    const p = this.k.phys;
+    const out = new Map<number, { refs: number; pins: number }>();
+    for (const h of this.handles.values()) {
+      for (let r = 0; r < h.nRuns; r++) {
+        const n = h.runCount[r]!;
+        const fl = h.runFlags[r]!;
+        if (n === 0 || fl & RUN_NOOP) continue;
+        const head = h.runHead[r]!;
+        let e = out.get(head);
+        if (e === undefined) {
+          e = { refs: 0, pins: 0 };
+          out.set(head, e);
+        }
+        if (!(fl & RUN_PIN)) e.refs += n;
+        else if (fl & RUN_BIAS2019 || p.folioOrder(head) === 0) {
+          e.refs += n * 1024;
+          if (!(fl & RUN_BIAS2019)) e.pins += n;
+        } else {
+          e.refs += n;
+          e.pins += n;
+        }
+      }
+    }
+    return out;
+  }
+
+  /** I3: nr_foll_pin_acquired - nr_foll_pin_released == outstanding logical pins. */
+  checkPinStats(add: (v: { code: string; message: string }) => void): void {
+    const v = this.k.vmstat;
+    const diff = v.nr_foll_pin_acquired - v.nr_foll_pin_released;
+    if (diff !== this.outstandingPins)
+      add({ code: "I3", message: `nr_foll_pin_acquired - nr_foll_pin_released = ${diff}, but ${this.outstandingPins} logical pins are outstanding` });
+    let held = 0;
+    for (const s of this.sessions.values()) held += s.pins;
+    if (held !== this.outstandingPins) add({ code: "I3", message: `sessions hold ${held} pins, registry counts ${this.outstandingPins}` });
+  }
+
+  // ------------------------------------------------------------ internals
+
+  private session(id: number, create: boolean): SessionPins | undefined {
+    let s = this.sessions.get(id);
+    if (s === undefined && create) {
+      s = new SessionPins();
+      this.sessions.set(id, s);
+    }
+    return s;
+  }
+
+  /** Validate a PFN named by a release request; returns its folio head. */
+  private folioOf(session: number, pfn: number): number {
+    const p = this.k.phys;
+    if (!Number.isSafeInteger(pfn) || pfn >= 2 ** 32) invalid(`pfn ${pfn} out of range`);
+    if (!p.pfnValid(pfn) || p.section(pfn) === undefined) fail(Errno.EINVAL, notHeldMsg(session, `pfn ${pfn} (no struct page)`), "precondition");
+    return p.folioHead(pfn);
+  }
+
+  private ensureIndex(s: SessionPins): Map<number, number[]> {
+    if (s.index === null) {
+      const idx = new Map<number, number[]>();
+      for (const h of s.handles) for (let r = 0; r < h.nRuns; r++) if (h.runCount[r]! > 0) addRef(idx, h.runHead[r]!, h.id, r);
+      s.index = idx;
+    }
+    return s.index;
+  }
+
+  /**
+   * Take one reference of the right kind on every page of [a, b) (all in the
+   * folio `head`) off the session's runs. Returns false when some page is not
+   * held (the caller rolls the request back).
+   */
+  private takeRange(txn: ReleaseTxn, s: SessionPins, head: number, a: number, b: number, pin: boolean): boolean {
+    // In-order releases (a PFN range or pages[] in the order of the pin):
+    // the run last cut, or the one after it, holds all of [a, b).
+    const hh = s.hintH;
+    if (hh !== null) {
+      const last = Math.min(s.hintR + 1, hh.nRuns - 1);
+      for (let r = s.hintR; r <= last; r++) {
+        const cnt = hh.runCount[r]!;
+        const fl = hh.runFlags[r]!;
+        if (cnt === 0 || hh.runHead[r] !== head || ((fl & RUN_PIN) !== 0) !== pin) continue;
+        const pfn = hh.runPfn[r]!;
+        if (fl & RUN_SAME ? a === pfn && b === a + 1 : pfn <= a && b <= pfn + cnt) {
+          this.cut(txn, s, hh, r, fl & RUN_SAME ? 0 : a - pfn, b - a);
+          return true;
+        }
+      }
+    }
+    const refs = this.ensureIndex(s).get(head);
+    if (refs === undefined) return false;
+    let rem: number[] = [a, b]; // pages still to find, as sorted [x, y) pairs
+    for (let q = 0; q < refs.length && rem.length > 0; q += 2) {
+      const h = this.handles.get(refs[q]!);
+      const r = refs[q + 1]!;
+      if (h === undefined || r >= h.nRuns) continue;
+      const cnt = h.runCount[r]!;
+      const fl = h.runFlags[r]!;
+      if (cnt === 0 || h.runHead[r] !== head || ((fl & RUN_PIN) !== 0) !== pin) continue;
+      const pfn = h.runPfn[r]!;
+      const end = fl & RUN_SAME ? pfn + 1 : pfn + cnt;
+      const next: number[] = [];
+      const cuts: number[] = [];
+      for (let m = 0; m < rem.length; m += 2) {
+        const x = rem[m]!;
+        const y = rem[m + 1]!;
+        const lo = Math.max(x, pfn);
+        const hi = Math.min(y, end);
+        if (lo >= hi) {
+          next.push(x, y);
+          continue;
+        }
+        if (x < lo) next.push(x, lo);
+        if (hi < y) next.push(hi, y);
+        // A RUN_SAME run gives one reference to its page per pass.
+        cuts.push(fl & RUN_SAME ? 0 : lo - pfn, hi - lo);
+      }
+      // Highest offset first, so that a middle cut does not move the others.
+      for (let m = cuts.length - 2; m >= 0; m -= 2) this.cut(txn, s, h, r, cuts[m]!, cuts[m + 1]!);
+      rem = next;
+    }
+    return rem.length === 0;
+  }
+
+  /** Take `n` pins on any pages of the folio `head` (unpin_user_folio). */
+  private takeAny(txn: ReleaseTxn, s: SessionPins, head: number, n: number): boolean {
+    const refs = this.ensureIndex(s).get(head);
+    if (refs === undefined) return false;
+    for (let q = 0; q < refs.length && n > 0; q += 2) {
+      const h = this.handles.get(refs[q]!);
+      const r = refs[q + 1]!;
+      if (h === undefined || r >= h.nRuns) continue;
+      const cnt = h.runCount[r]!;
+      const fl = h.runFlags[r]!;
+      if (cnt === 0 || h.runHead[r] !== head || !(fl & RUN_PIN)) continue;
+      const take = Math.min(cnt, n);
+      this.cut(txn, s, h, r, cnt - take, take);
+      n -= take;
+    }
+    return n === 0;
+  }
+
+  /** Take positions [off, off + len) out of run r of handle h. */
+  private cut(txn: ReleaseTxn, s: SessionPins, h: PinHandle, r: number, off: number, len: number): void {
+    const cnt = h.runCount[r]!;
+    const fl = h.runFlags[r]!;
+    const pfn = h.runPfn[r]!;
+    const idx = h.runIdx[r]!;
+    const same = (fl & RUN_SAME) !== 0;
+    s.hintH = h;
+    s.hintR = r;
+    txn.logRun(h, r);
+    txn.release(h, h.runHead[r]!, len, fl);
+    if (off === 0 && len === cnt) {
+      h.runCount[r] = 0;
+    } else if (off === 0) {
+      if (!same) h.runPfn[r] = pfn + len;
+      h.runIdx[r] = idx + len;
+      h.runCount[r] = cnt - len;
+    } else if (off + len === cnt) {
+      h.runCount[r] = off;
+    } else {
+      txn.logAppend(h);
+      const head = h.runHead[r]!;
+      const nr = h.push(same ? pfn : pfn + off + len, cnt - off - len, head, idx + off + len, fl);
+      h.runCount[r] = off;
+      if (s.index !== null) addRef(s.index, head, h.id, nr);
+    }
+  }
+
+  /** Do the accounting of a request: puts per folio group, counters, empty handles. */
+  private commitTxn(txn: ReleaseTxn, s: SessionPins, makeDirty: boolean): ReleaseResult {
+    const res: ReleaseResult = { pages: 0, folios: 0, dirtied: 0 };
+    const n = txn.n;
+    for (let i = 0; i < n; ) {
+      const head = txn.relHead[i]!;
+      const fl = txn.relFlags[i]!;
+      let total = 0;
+      let j = i;
+      // One folio group: consecutive releases of the same folio and kind.
+      for (; j < n && txn.relHead[j] === head && txn.relFlags[j] === fl; j++) {
+        const m = txn.relN[j]!;
+        txn.hs[txn.relH[j]!]!.count(fl, -m);
+        total += m;
+      }
+      countInto(s, fl, -total);
+      if (fl & RUN_PIN && !(fl & RUN_NOOP)) this.outstandingPins -= total;
+      this.putGroup(head, total, fl, makeDirty, res);
+      i = j;
+    }
+    for (const h of txn.hs) if (h.livePages === 0) this.forget(s, h);
+    return res;
+  }
+
+  /** gup_put_folio for one folio group, dirtying it first if asked. */
+  private putGroup(head: number, total: number, fl: number, makeDirty: boolean, res: ReleaseResult): void {
+    res.pages += total;
+    if (fl & RUN_NOOP) return;
+    // set_page_dirty_lock once per folio, before the pins go
+    if (makeDirty) {
+      const p = this.k.phys;
+      if (!(p.flags(head) & (PG_dirty | PG_reserved))) {
+        p.orFlags(head, PG_dirty);
+        res.dirtied++;
+      }
+    }
+    gupPutFolio(this.k, head, total, fl);
+    res.folios++;
+  }
+
+  /** Release every run of a handle and forget it (no undo needed). */
+  private dropHandle(s: SessionPins, h: PinHandle, makeDirty: boolean, res: ReleaseResult): void {
+    let head = -1;
+    let fl = 0;
+    let total = 0;
+    for (let r = 0; r < h.nRuns; r++) {
+      const n = h.runCount[r]!;
+      if (n === 0) continue;
+      const hd = h.runHead[r]!;
+      const f = h.runFlags[r]!;
+      if (hd === head && f === fl) {
+        total += n;
+        continue;
+      }
+      if (total > 0) this.dropGroup(s, h, head, total, fl, makeDirty, res);
+      head = hd;
+      fl = f;
+      total = n;
+    }
+    if (total > 0) this.dropGroup(s, h, head, total, fl, makeDirty, res);
+    h.nRuns = 0;
+    this.forget(s, h);
+  }
+
+  private dropGroup(s: SessionPins, h: PinHandle, head: number, total: number, fl: number, makeDirty: boolean, res: ReleaseResult): void {
+    h.count(fl, -total);
+    countInto(s, fl, -total);
+    if (fl & RUN_PIN && !(fl & RUN_NOOP)) this.outstandingPins -= total;
+    this.putGroup(head, total, fl, makeDirty, res);
+  }
+
+  private forget(s: SessionPins, h: PinHandle): void {
+    this.handles.delete(h.id);
+    s.handles.delete(h);
+    s.index = null; // its runs would linger in the index
+    if (s.hintH === h) s.hintH = null;
+  }
+}
+
+function growU32(a: Uint32Array, c: number): Uint32Array<ArrayBuffer> {
+  const b = new Uint32Array(c);
+  b.set(a);
+  return b;
+}
+
+function growF64(a: Float64Array, c: number): Float64Array<ArrayBuffer> {
+  const b = new Float64Array(c);
+  b.set(a);
+  return b;
+}
+
+function addRef(idx: Map<number, number[]>, head: number, id: number, r: number): void {
+  const l = idx.get(head);
+  if (l === undefined) idx.set(head, [id, r]);
+  else l.push(id, r);
+}
+
+// ----------------------------------------------- kernel-named entry points
+
+/** Release a handle (all of it, or pages [first, first + count) of the call). */
+export function releasePinHandle(k: Kernel, session: number, handle: number, first?: number, count?: number, makeDirty = false): ReleaseResult {
+  return k.pins.releaseHandle(session, handle, first, count, makeDirty);
+}
+
+/** unpin_user_page */
+export function unpinUserPage(k: Kernel, session: number, pfn: number): ReleaseResult {
+  return k.pins.releasePages(session, [pfn], 1, "pin", false);
+}
+
+/** unpin_user_pages */
+export function unpinUserPages(k: Kernel, session: number, pages: ArrayLike<number>, npages: number): ReleaseResult {
+  return k.pins.releasePages(session, pages, npages, "pin", false);
+}
+
+/** unpin_user_pages_dirty_lock */
+export function unpinUserPagesDirtyLock(k: Kernel, session: number, pages: ArrayLike<number>, npages: number, makeDirty: boolean): ReleaseResult {
+  return k.pins.releasePages(session, pages, npages, "pin", makeDirty);
+}
+
+/** put_page on each FOLL_GET page, grouped per folio. */
+export function putUserPages(k: Kernel, session: number, pages: ArrayLike<number>, npages: number): ReleaseResult {
+  return k.pins.releasePages(session, pages, npages, "get", false);
+}
+
+/** unpin_user_page_range_dirty_lock */
+export function unpinUserPageRangeDirtyLock(k: Kernel, session: number, firstPfn: number, npages: number, makeDirty: boolean): ReleaseResult {
+  return k.pins.unpinPfnRange(session, firstPfn, npages, makeDirty);
+}
+
+/** unpin_folio: one pin off the folio of `pfn`. */
+export function unpinFolio(k: Kernel, session: number, pfn: number): ReleaseResult {
+  return k.pins.unpinFolios(session, [pfn], 1, 1);
+}
+
+/** unpin_folios: one pin off each listed folio (consecutive equal folios grouped). */
+export function unpinFolios(k: Kernel, session: number, folios: ArrayLike<number>, nfolios: number): ReleaseResult {
+  return k.pins.unpinFolios(session, folios, nfolios, 1);
+}
+
+/** unpin_user_folio(folio, npages) */
+export function unpinUserFolio(k: Kernel, session: number, pfn: number, npages: number): ReleaseResult {
+  return k.pins.unpinFolios(session, [pfn], 1, npages);
+}
+
+/** Everything the session holds (session end). */
+export function releaseSession(k: Kernel, session: number): ReleaseResult {
+  return k.pins.releaseSession(session);
+}
