@@ -121,6 +121,15 @@ export function checkInvariants(k: Kernel, mmId?: number): InvariantReport {
         if (stored !== mapped) add({ code: "M1", message: `device page mapcount ${stored} but ${mapped} mappings`, pfn });
         folios++;
       }
+      // Device pages are freed to their driver at refcount 0 (6.15+): every
+      // reference must be a mapping, the page cache (fsdax) or a holder.
+      if (p.flags(pfn) & PG_allocated) {
+        const ref = p.refcount(pfn);
+        let expected = (maps.get(pfn) ?? 0) + (cacheRefs.get(pfn) ?? 0);
+        for (const h of holders) expected += h.get(pfn)?.refs ?? 0;
+        if (ref !== expected)
+          add({ code: ref < expected ? "I1" : "L1", message: `device page refcount ${ref}, expected ${expected} (mappings, cache and holders)`, pfn });
+      }
     }
   }
   // Buddy allocator consistency.

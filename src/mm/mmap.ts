@@ -94,6 +94,7 @@ import {
   walk,
 } from "./pagetable.js";
 import { GFP_MOVABLE, PG_anon, PG_anon_exclusive, PG_hugetlb, PG_lazyfree, PG_dirty } from "./physmem.js";
+import { restoreExclusivePte } from "./migrate-device.js";
 import { FileKind, FileObject, Vma, canMerge, hugetlbOrderForSize, isCowMapping, isSpecial } from "./vma.js";
 
 // ------------------------------------------------------------------ files
@@ -997,9 +998,15 @@ function copyPageRange(k: Kernel, src: Mm, dst: Mm, sv: Vma, dv: Vma, cow: boole
       runLen = 0;
     };
     for (let a = addr, j = i; a < stop; a += PAGE_SIZE, j++) {
-      const l = pool.lo(t, j);
-      const h = pool.hi(t, j);
+      let l = pool.lo(t, j);
+      let h = pool.hi(t, j);
       if (l === 0 && h === 0) continue;
+      if (!(h & E_PRESENT) && swpKind(h) === SwpKind.DEVICE_EXCLUSIVE) {
+        // copy_nonpresent_pte: the original PTE is restored, then copied as present.
+        restoreExclusivePte(k, sv, t, j);
+        l = pool.lo(t, j);
+        h = pool.hi(t, j);
+      }
       if (!(h & E_PRESENT)) {
         const kind = swpKind(h);
         if (kind === SwpKind.DEVICE_PRIVATE_READ || kind === SwpKind.DEVICE_PRIVATE_WRITE) {
