@@ -23,6 +23,16 @@ export interface DaemonConfig {
   sessionGraceMs: number;
   /** initial transparent_hugepage/enabled. */
   thp: ThpSetting;
+  /** host:port of the Prometheus /metrics HTTP listener, or "off". */
+  metricsListen: string;
+  /** shutdown: how long running calls and streams get before they are cancelled. */
+  shutdownGraceMs: number;
+  /** server keepalive: ping each client connection after this much inactivity (0 = never). */
+  keepaliveTimeMs: number;
+  /** server keepalive: drop the connection if a ping is not answered within this. */
+  keepaliveTimeoutMs: number;
+  /** how long a client mirror may take to acknowledge an invalidation before it is declared dead. */
+  mirrorDeadlineMs: number;
 }
 
 export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
@@ -33,6 +43,11 @@ export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
   logLevel: "info",
   sessionGraceMs: 30_000,
   thp: "always",
+  metricsListen: "127.0.0.1:9464",
+  shutdownGraceMs: 5000,
+  keepaliveTimeMs: 30_000,
+  keepaliveTimeoutMs: 10_000,
+  mirrorDeadlineMs: 5000,
 });
 
 const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
@@ -55,8 +70,21 @@ Options (precedence: flags > environment > config file > defaults):
   --log-level LEVEL      fatal|error|warn|info|debug|trace|silent (MMSIM_LOG_LEVEL; default info)
   --thp MODE             always|madvise|never (MMSIM_THP; default always)
   --session-grace-ms MS  attach grace period of non-persistent sessions (MMSIM_SESSION_GRACE_MS; default 30000)
+  --metrics-listen ADDR  Prometheus /metrics HTTP address HOST:PORT, or "off"
+                         (MMSIM_METRICS_LISTEN; default 127.0.0.1:9464)
+  --shutdown-grace-ms MS on SIGTERM/SIGINT: health turns NOT_SERVING, streams end,
+                         running calls get MS before they are cancelled
+                         (MMSIM_SHUTDOWN_GRACE_MS; default 5000)
+  --keepalive-time-ms MS ping idle client connections every MS, 0 = never; ends
+                         streams of vanished clients (MMSIM_KEEPALIVE_TIME_MS; default 30000)
+  --keepalive-timeout-ms MS  drop a connection whose ping is unanswered after MS
+                         (MMSIM_KEEPALIVE_TIMEOUT_MS; default 10000)
+  --mirror-deadline-ms MS  a client mirror that does not acknowledge an invalidation
+                         within MS is declared dead (MMSIM_MIRROR_DEADLINE_MS; default 5000)
   --config FILE          JSON file with any of: listen, ram, movable, cma (sizes),
-                         logLevel, thp, sessionGraceMs (MMSIM_CONFIG)
+                         logLevel, thp, sessionGraceMs, metricsListen,
+                         shutdownGraceMs, keepaliveTimeMs, keepaliveTimeoutMs,
+                         mirrorDeadlineMs (MMSIM_CONFIG)
   --help                 print this help and exit
 SIZE: a byte count with an optional suffix K, M, G or T (powers of 1024; "KiB", "MB" etc. accepted).`;
 
@@ -100,6 +128,10 @@ function parseListen(value: unknown, what: string): string {
   return value;
 }
 
+function parseMetricsListen(value: unknown, what: string): string {
+  return value === "off" ? "off" : parseListen(value, what);
+}
+
 type Setter = (c: DaemonConfig, v: unknown, what: string) => void;
 
 /** One entry per setting: flag name, env name, config-file keys, parser. */
@@ -120,6 +152,36 @@ const SETTINGS: { flag: string; env: string; keys: string[]; set: Setter }[] = [
     env: "MMSIM_SESSION_GRACE_MS",
     keys: ["sessionGraceMs"],
     set: (c, v, w) => (c.sessionGraceMs = parseMs(v, w)),
+  },
+  {
+    flag: "metrics-listen",
+    env: "MMSIM_METRICS_LISTEN",
+    keys: ["metricsListen"],
+    set: (c, v, w) => (c.metricsListen = parseMetricsListen(v, w)),
+  },
+  {
+    flag: "shutdown-grace-ms",
+    env: "MMSIM_SHUTDOWN_GRACE_MS",
+    keys: ["shutdownGraceMs"],
+    set: (c, v, w) => (c.shutdownGraceMs = parseMs(v, w)),
+  },
+  {
+    flag: "keepalive-time-ms",
+    env: "MMSIM_KEEPALIVE_TIME_MS",
+    keys: ["keepaliveTimeMs"],
+    set: (c, v, w) => (c.keepaliveTimeMs = parseMs(v, w)),
+  },
+  {
+    flag: "keepalive-timeout-ms",
+    env: "MMSIM_KEEPALIVE_TIMEOUT_MS",
+    keys: ["keepaliveTimeoutMs"],
+    set: (c, v, w) => (c.keepaliveTimeoutMs = parseMs(v, w)),
+  },
+  {
+    flag: "mirror-deadline-ms",
+    env: "MMSIM_MIRROR_DEADLINE_MS",
+    keys: ["mirrorDeadlineMs"],
+    set: (c, v, w) => (c.mirrorDeadlineMs = parseMs(v, w)),
   },
 ];
 
@@ -190,4 +252,32 @@ export function loadConfig(
     if (v !== undefined) s.set(config, v, `--${s.flag}`);
   }
   return { config, help };
+}
+
+/**
+ * grpc-js server options. Keepalive pings let the daemon notice a vanished
+ * client (a driver killed with an AttachSession or notifier stream open) and
+ * end its streams, so non-persistent sessions release what they hold.
+ * grpc-js servers accept client pings at any rate (there is no
+ * too_many_pings policing), so clients may use keepalive_time_ms down to
+ * MIN_CLIENT_PING_INTERVAL_MS with keepalive_permit_without_calls; the
+ * C-core names are set too so the intent travels with the options.
+ */
+export const MIN_CLIENT_PING_INTERVAL_MS = 10_000;
+
+export function grpcServerOptions(c: DaemonConfig): Record<string, number> {
+  const o: Record<string, number> = {
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.min_ping_interval_without_data_ms": MIN_CLIENT_PING_INTERVAL_MS,
+    "grpc.http2.min_time_between_pings_ms": MIN_CLIENT_PING_INTERVAL_MS,
+    "grpc.http2.max_pings_without_data": 0,
+    // Device mirror commands carry up to 1 GiB/256 of data per call (4 MiB
+    // buffers of hmm-tests and more): grpc-js's 4 MiB default is too small.
+    "grpc.max_receive_message_length": 64 * 2 ** 20,
+  };
+  if (c.keepaliveTimeMs > 0) {
+    o["grpc.keepalive_time_ms"] = c.keepaliveTimeMs;
+    o["grpc.keepalive_timeout_ms"] = c.keepaliveTimeoutMs;
+  }
+  return o;
 }

@@ -2,7 +2,11 @@
  * Thin wrappers that turn `async (req, call) => res` into grpc-js handlers:
  * request decode failures become INVALID_ARGUMENT, the session is resolved
  * from metadata when the RPC needs one, errors are mapped in one place
- * (errors.ts), and each RPC logs one debug line (method, duration, code).
+ * (errors.ts), and each RPC logs one line: debug for answered calls, warn
+ * for refused ones (undecodable request, bad session, kernel-bug misuse),
+ * on the calling session's child logger when there is one. Each call also
+ * reports to the RPC observer (metrics.ts) through a probe resolved once per
+ * method, so a call costs two prebound counter updates and no label work.
  */
 import { type handleUnaryCall, type Metadata, type ServiceDefinition, status } from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -21,6 +25,49 @@ export interface ServiceDeps {
   registry: Registry;
   log: Logger;
   config: DaemonConfig;
+  /** Per-method call observer (metrics); absent = not observed. */
+  rpc?: RpcObserver;
+}
+
+/** grpc_type label values, as go-grpc-prometheus names them. */
+export type RpcType = "unary" | "client_stream" | "server_stream" | "bidi_stream";
+
+/** Observer of one method's calls, resolved once when its handler is built. */
+export interface RpcProbe {
+  started(): void;
+  handled(code: status, seconds: number): void;
+}
+
+export interface RpcObserver {
+  /** `method` is "Service/Method" of package mmsim.v1, or a full "pkg.Service/Method". */
+  probe(method: string, type: RpcType): RpcProbe;
+}
+
+const NO_PROBE: RpcProbe = { started: () => {}, handled: () => {} };
+
+export function rpcProbe(d: ServiceDeps, method: string, type: RpcType): RpcProbe {
+  return d.rpc?.probe(method, type) ?? NO_PROBE;
+}
+
+/**
+ * Start observing a streaming call; the returned function records its final
+ * code (OK when the server ends it, CANCELLED when the client goes away)
+ * once, whichever path reports first.
+ */
+export function observeStream(probe: RpcProbe): (code: status) => void {
+  probe.started();
+  const t0 = performance.now();
+  let done = false;
+  return (code) => {
+    if (done) return;
+    done = true;
+    probe.handled(code, (performance.now() - t0) / 1000);
+  };
+}
+
+/** A status a client caused by misuse rather than a simulated errno outcome. */
+function isKernelBug(details: string): boolean {
+  return details.includes("kernel-bug:");
 }
 
 /**
@@ -79,28 +126,39 @@ export function unary<Req, Res>(
   need: SessionRequirement,
   fn: (req: Req, call: CallInfo) => Promise<Res> | Res,
 ): handleUnaryCall<Req, Res> {
+  const probe = rpcProbe(d, method, "unary");
   return (call, callback) => {
+    probe.started();
     const t0 = performance.now();
     let session: Session | undefined;
+    // true until the request is decoded and its session resolved
+    let refused = true;
     const run = async (): Promise<Res> => {
       const req = checkDecoded<Req>(call.request as Req | DecodeFailure);
       if (need === "required") session = d.sessions.resolve(call.metadata);
+      refused = false;
       const info: CallInfo = { method, session, sessionId: session?.id ?? 0, metadata: call.metadata };
       const p = (async () => fn(req, info))();
       return session !== undefined ? d.sessions.track(session, p) : p;
     };
     run().then(
       (res) => {
-        d.log.debug({ method, ms: +(performance.now() - t0).toFixed(3), code: "OK", session: session?.id }, "rpc");
+        const ms = performance.now() - t0;
+        probe.handled(status.OK, ms / 1000);
+        const log = session?.log ?? d.log;
+        if (log.isLevelEnabled("debug")) log.debug({ method, ms: +ms.toFixed(3), code: "OK" }, "rpc");
         callback(null, res);
       },
       (err: unknown) => {
+        const ms = performance.now() - t0;
         const st = toStatus(err);
-        if (st.internal) d.log.error({ method, err, session: session?.id }, "internal error");
-        d.log.debug(
-          { method, ms: +(performance.now() - t0).toFixed(3), code: status[st.code], errno: st.errno, session: session?.id, details: st.details },
-          "rpc",
-        );
+        probe.handled(st.code, ms / 1000);
+        const log = session?.log ?? d.log;
+        if (st.internal) log.error({ method, err }, "internal error");
+        if (refused || isKernelBug(st.details))
+          log.warn({ method, ms: +ms.toFixed(3), code: status[st.code], errno: st.errno, details: st.details }, "rpc refused");
+        else if (log.isLevelEnabled("debug"))
+          log.debug({ method, ms: +ms.toFixed(3), code: status[st.code], errno: st.errno, details: st.details }, "rpc");
         callback({ code: st.code, details: st.details, metadata: st.metadata });
       },
     );

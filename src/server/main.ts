@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 /**
  * mmsimd entry point: load the configuration, serve, log one JSON
- * "listening" line, and shut down cleanly on SIGINT / SIGTERM (exit 0 once
- * calls have drained or the grace period has passed).
+ * "listening" line, and shut down cleanly on SIGINT / SIGTERM: health turns
+ * NOT_SERVING, streams end, calls drain; exit 0 once drained, or 1 after
+ * the grace period (--shutdown-grace-ms) with a ShutdownGraceExpiredError
+ * line. A second signal exits at once (status 1).
  */
 import { pino } from "pino";
 import { ConfigError, loadConfig, USAGE } from "./config.js";
-import { createServer, DEFAULT_SHUTDOWN_GRACE_MS } from "./server.js";
+import { createServer } from "./server.js";
 import { MMSIM_VERSION } from "../version.js";
 
 async function main(): Promise<number> {
@@ -33,15 +35,32 @@ async function main(): Promise<number> {
     log.fatal({ err: e }, "cannot start");
     return 1;
   }
-  log.info({ address: daemon.address, version: MMSIM_VERSION, ramBytes: config.ramBytes, thp: config.thp }, "listening");
+  log.info(
+    {
+      address: daemon.address,
+      metrics: daemon.metricsAddress ?? "off",
+      version: MMSIM_VERSION,
+      ramBytes: config.ramBytes,
+      thp: config.thp,
+      services: daemon.ops.appServices,
+      reflection: daemon.ops.reflection !== undefined,
+    },
+    "listening",
+  );
 
   return new Promise<number>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
-      log.info({ signal }, "shutting down");
-      daemon.shutdown(DEFAULT_SHUTDOWN_GRACE_MS).then(
+      log.info({ signal, graceMs: config.shutdownGraceMs }, "shutting down");
+      const again = (second: NodeJS.Signals) => {
+        log.warn({ signal: second }, "second signal: exiting without waiting");
+        resolve(1);
+      };
+      process.once("SIGINT", again);
+      process.once("SIGTERM", again);
+      daemon.shutdown(config.shutdownGraceMs).then(
         () => {
-          log.info("stopped");
-          resolve(0);
+          log.info({ forced: daemon.forcedShutdown }, "stopped");
+          resolve(daemon.forcedShutdown ? 1 : 0);
         },
         (err: unknown) => {
           log.error({ err }, "shutdown failed");

@@ -3,10 +3,12 @@
  * server with every mmsim.v1 service, bound to config.listen (port 0 picks a
  * free port).
  *
- * Daemon lifecycle: created -> serving (after bind) -> stopping (shutdown:
- * no new calls, every session ends with SESSION_CLOSING and its streams
- * finish OK, running calls get `graceMs` to finish) -> stopped (forced
- * after the grace period).
+ * Daemon lifecycle: created -> serving (after bind; health SERVING) ->
+ * stopping (shutdown: health turns NOT_SERVING first, then health Watch and
+ * reflection streams end, every session ends with SESSION_CLOSING and its
+ * streams finish OK, no new calls, running calls get `graceMs` to finish) ->
+ * stopped (forced after the grace period, with a ShutdownGraceExpiredError
+ * logged). Health, reflection and metrics live in ops.ts.
  */
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { pino, type Logger } from "pino";
@@ -18,13 +20,20 @@ import { InspectServiceService } from "../gen/mmsim/v1/inspect.js";
 import { MemoryServiceService } from "../gen/mmsim/v1/memory.js";
 import { SessionServiceService } from "../gen/mmsim/v1/session.js";
 import { SystemServiceService } from "../gen/mmsim/v1/system.js";
+import { DmirrorServiceService } from "../gen/mmsim/v1/dmirror.js";
+import { HmmServiceService } from "../gen/mmsim/v1/hmm.js";
+import { NotifierServiceService } from "../gen/mmsim/v1/notifier.js";
+import { dmirrorService } from "./dmirror-service.js";
+import { hmmService } from "./hmm-service.js";
+import { notifierHub, notifierService } from "./notifier-service.js";
 import { addressSpaceService } from "./address-space-service.js";
-import type { DaemonConfig } from "./config.js";
+import { type DaemonConfig, grpcServerOptions } from "./config.js";
 import { deviceService } from "./device-service.js";
 import { faultService } from "./fault-service.js";
 import { type ServiceDeps, withSafeDecode } from "./handler.js";
 import { inspectService } from "./inspect-service.js";
 import { memoryService } from "./memory-service.js";
+import { DaemonOps, ShutdownGraceExpiredError } from "./ops.js";
 import { Registry } from "./registry.js";
 import { registerSessionResources } from "./session-resources.js";
 import { SessionManager } from "./session.js";
@@ -43,7 +52,13 @@ export interface Daemon {
   port: number;
   /** host:port clients can dial. */
   address: string;
-  /** Stop accepting calls, end sessions and streams; force after graceMs. */
+  /** Health, reflection and metrics. */
+  ops: DaemonOps;
+  /** host:port of the /metrics listener; undefined when --metrics-listen off. */
+  metricsAddress: string | undefined;
+  /** true once a shutdown had to cancel calls after the grace period. */
+  readonly forcedShutdown: boolean;
+  /** Stop accepting calls, end sessions and streams; force after graceMs (default config.shutdownGraceMs). */
   shutdown(graceMs?: number): Promise<void>;
 }
 
@@ -67,10 +82,11 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
   const registry = new Registry();
   kernel.tunables.memlockLimitBytes = modelMemlock(registry);
   const sessions = new SessionManager({ graceMs: config.sessionGraceMs, log });
-  const d: ServiceDeps = { kernel, sessions, registry, log, config };
+  const server = new Server(grpcServerOptions(config));
+  const ops = new DaemonOps(server, kernel, sessions, config, log);
+  const d: ServiceDeps = { kernel, sessions, registry, log, config, rpc: ops.metrics };
   registerSessionResources(d);
 
-  const server = new Server();
   server.addService(withSafeDecode(SessionServiceService), sessionService(d));
   server.addService(withSafeDecode(AddressSpaceServiceService), addressSpaceService(d));
   server.addService(withSafeDecode(FaultServiceService), faultService(d));
@@ -78,16 +94,33 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
   server.addService(withSafeDecode(DeviceServiceService), deviceService(d));
   server.addService(withSafeDecode(InspectServiceService), inspectService(d));
   server.addService(withSafeDecode(SystemServiceService), systemService(d));
+  server.addService(withSafeDecode(NotifierServiceService), notifierService(d));
+  server.addService(withSafeDecode(HmmServiceService), hmmService(d));
+  server.addService(withSafeDecode(DmirrorServiceService), dmirrorService(d));
+
+  ops.install();
 
   const port = await bind(server, config.listen);
   const address = `${config.listen.slice(0, config.listen.lastIndexOf(":"))}:${port}`;
+  try {
+    await ops.serving();
+  } catch (e) {
+    server.forceShutdown();
+    await ops.close();
+    throw e;
+  }
 
   let stopping: Promise<void> | null = null;
-  const shutdown = (graceMs = DEFAULT_SHUTDOWN_GRACE_MS): Promise<void> => {
+  let forced = false;
+  const shutdown = (graceMs = config.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS): Promise<void> => {
     if (stopping !== null) return stopping;
+    // Health turns NOT_SERVING before anything ends.
+    ops.drain();
     stopping = new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
-        log.warn({ graceMs }, "shutdown grace period expired; cancelling remaining calls");
+        forced = true;
+        const err = new ShutdownGraceExpiredError(graceMs);
+        log.error({ err, graceMs }, err.message);
         server.forceShutdown();
         resolve();
       }, graceMs);
@@ -97,9 +130,24 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
       });
       // Streams keep tryShutdown waiting: end every session now.
       sessions.shutdown();
-    });
+      notifierHub(d).shutdown(); // client mirror streams end with OK too
+    }).then(() => ops.close());
     return stopping;
   };
 
-  return { server, kernel, sessions, registry, log, port, address, shutdown };
+  return {
+    server,
+    kernel,
+    sessions,
+    registry,
+    log,
+    port,
+    address,
+    ops,
+    metricsAddress: ops.metricsAddress,
+    get forcedShutdown() {
+      return forced;
+    },
+    shutdown,
+  };
 }

@@ -12,15 +12,17 @@ import {
   type SessionServiceServer,
 } from "../gen/mmsim/v1/session.js";
 import { toStatus } from "./errors.js";
-import { checkDecoded, type DecodeFailure, type ServiceDeps, unary } from "./handler.js";
+import { checkDecoded, type DecodeFailure, observeStream, rpcProbe, type ServiceDeps, unary } from "./handler.js";
 import type { Session, SessionStream } from "./session.js";
 import { u64 } from "./validate.js";
 
 const SVC = "SessionService";
 
 export function sessionService(d: ServiceDeps): SessionServiceServer {
+  const attachProbe = rpcProbe(d, `${SVC}/AttachSession`, "server_stream");
   const attachSession: handleServerStreamingCall<AttachSessionRequest, AttachSessionResponse> = (call) => {
     const method = `${SVC}/AttachSession`;
+    const handled = observeStream(attachProbe);
     let session: Session | undefined;
     let finished = false;
     const stream: SessionStream = {
@@ -30,10 +32,12 @@ export function sessionService(d: ServiceDeps): SessionServiceServer {
       end: () => {
         if (finished) return;
         finished = true;
+        handled(status.OK);
         call.end();
       },
     };
     const gone = () => {
+      handled(status.CANCELLED);
       if (session !== undefined) d.sessions.detach(session, stream);
       finished = true;
     };
@@ -47,8 +51,9 @@ export function sessionService(d: ServiceDeps): SessionServiceServer {
     } catch (err) {
       const st = toStatus(err);
       if (st.internal) d.log.error({ method, err }, "internal error");
-      d.log.debug({ method, code: status[st.code], errno: st.errno, details: st.details }, "rpc");
+      d.log.warn({ method, code: status[st.code], errno: st.errno, details: st.details }, "rpc refused");
       finished = true;
+      handled(st.code);
       call.emit("error", { code: st.code, details: st.details, metadata: st.metadata });
     }
   };

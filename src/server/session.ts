@@ -71,6 +71,8 @@ export class Session {
     readonly id: number,
     readonly name: string,
     readonly persistent: boolean,
+    /** Child logger bound to this session (session id and name on every line). */
+    readonly log: Logger,
   ) {
     this.state = persistent ? "persistent" : "pending";
   }
@@ -123,10 +125,11 @@ export class SessionManager {
 
   create(name: string, persistent: boolean): Session {
     if (this.stopping) throw new StatusError(status.UNAVAILABLE, ERRNO.EAGAIN, "the daemon is shutting down");
-    const s = new Session(this.nextId++, name, persistent);
+    const id = this.nextId++;
+    const s = new Session(id, name, persistent, this.opts.log.child({ session: id, sessionName: name }));
     this.sessions.set(s.id, s);
     if (!persistent) this.armGrace(s);
-    this.opts.log.debug({ session: s.id, name, persistent }, "session created");
+    s.log.debug({ persistent }, "session created");
     return s;
   }
 
@@ -191,7 +194,7 @@ export class SessionManager {
       try {
         st.write(msg);
       } catch (e) {
-        this.opts.log.warn({ session: s.id, err: e }, "cannot write a session notice");
+        s.log.warn({ err: e }, "cannot write a session notice");
       }
     }
   }
@@ -211,7 +214,7 @@ export class SessionManager {
       clearTimeout(s.graceTimer);
       s.graceTimer = null;
     }
-    this.opts.log.debug({ session: s.id, reason }, "session ending");
+    s.log.debug({ reason }, "session ending");
     this.broadcast(s, { kind: SessionNoticeKind.SESSION_NOTICE_KIND_SESSION_CLOSING, message: reason });
     s.ended = this.release(s).finally(() => {
       for (const st of s.streams) {
@@ -224,7 +227,7 @@ export class SessionManager {
       s.streams.clear();
       s.state = "ended";
       this.sessions.delete(s.id);
-      this.opts.log.debug({ session: s.id }, "session ended");
+      s.log.debug("session ended");
     });
     return s.ended;
   }
@@ -235,7 +238,7 @@ export class SessionManager {
         try {
           await h.fn(s);
         } catch (e) {
-          this.opts.log.error({ session: s.id, stage, hook: h.name, err: e }, "session release hook failed");
+          s.log.error({ stage, hook: h.name, err: e }, "session release hook failed");
         }
       }
     }

@@ -100,7 +100,7 @@ export interface TestDaemon {
 export const liveDaemons = new Set<TestDaemon>();
 
 export async function startDaemon(opts: Partial<DaemonConfig> = {}): Promise<TestDaemon> {
-  const config: DaemonConfig = { ...DEFAULT_CONFIG, listen: "127.0.0.1:0", logLevel: "silent", ramBytes: 2 * 2 ** 30, ...opts };
+  const config: DaemonConfig = { ...DEFAULT_CONFIG, listen: "127.0.0.1:0", metricsListen: "off", logLevel: "silent", ramBytes: 2 * 2 ** 30, ...opts };
   const daemon = await createServer(config);
   const address = daemon.address;
   const raw = Object.fromEntries(

@@ -32,6 +32,11 @@ describe("loadConfig", () => {
       logLevel: "info",
       sessionGraceMs: 30000,
       thp: "always",
+      metricsListen: "127.0.0.1:9464",
+      shutdownGraceMs: 5000,
+      keepaliveTimeMs: 30000,
+      keepaliveTimeoutMs: 10000,
+      mirrorDeadlineMs: 5000,
     });
   });
 
@@ -53,6 +58,11 @@ describe("loadConfig", () => {
       logLevel: "debug", // flag over file
       sessionGraceMs: 30000,
       thp: "madvise", // env over file
+      metricsListen: "127.0.0.1:9464",
+      shutdownGraceMs: 5000,
+      keepaliveTimeMs: 30000,
+      keepaliveTimeoutMs: 10000,
+      mirrorDeadlineMs: 5000,
     });
   });
 
