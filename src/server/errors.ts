@@ -11,34 +11,9 @@
 import { Metadata, status, type StatusObject } from "@grpc/grpc-js";
 import { MmError, type MmErrorKind } from "../mm/errors.js";
 
-/** x86-64 errno values the service layer names (a superset of the model's). */
-export const ERRNO = {
-  EPERM: 1,
-  ENOENT: 2,
-  ESRCH: 3,
-  EINTR: 4,
-  EBADF: 9,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EACCES: 13,
-  EFAULT: 14,
-  EBUSY: 16,
-  EEXIST: 17,
-  EINVAL: 22,
-  ENOSPC: 28,
-  EMLINK: 31,
-  EOVERFLOW: 75,
-  EOPNOTSUPP: 95,
-  EREMOTEIO: 121,
-  EHWPOISON: 133,
-} as const;
-
-const ERRNO_NAMES = new Map<number, string>(Object.entries(ERRNO).map(([n, v]) => [v, n]));
-
-export function errnoName(errno: number): string {
-  const e = Math.abs(errno);
-  return ERRNO_NAMES.get(e) ?? `E${e}`;
-}
+/** The x86-64 errno values (one table, the model's). */
+import { Errno as ERRNO, errnoName } from "../mm/errors.js";
+export { ERRNO, errnoName };
 
 /** An MmError that carries its gRPC code explicitly (session errors). */
 export class StatusError extends MmError {
