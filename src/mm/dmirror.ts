@@ -451,7 +451,7 @@ export class Dmirror implements IntervalOps {
   invalidate(sub: IntervalSub, range: NotifierRange, curSeq: number): boolean {
     noteCallback(this.k, sub, range);
     if (range.event === MmuNotifyEvent.MIGRATE && range.owner === this.device.owner) return true;
-    if (!range.blockable && this.lockHeld) return false;
+    if (!range.blockable && (this.lockHeld || this.k.inject.fail("mirror_ack"))) return false;
     sub.seq = curSeq;
     this.pt.clearRange(Math.floor(range.start / PAGE_SIZE), Math.floor(Math.min(range.end, RANGE_END_ALL) / PAGE_SIZE));
     return true;

@@ -187,8 +187,8 @@ export function handleMmFault(k: Kernel, mm: Mm, vma: Vma, addr: number, flags: 
       } else if (vma.isShared && !unshare && hi & E_SPECIAL) {
         pool.setBits(pmdT, mi, hi | E_WRITE | E_DIRTY | E_YOUNG);
         return 0;
-      } else {
-        splitHugePmd(k, mm, vma, addr);
+      } else if (!splitHugePmd(k, mm, vma, addr)) {
+        return VM_FAULT_OOM; // no PTE table for the split (the kernel's is deposited)
       }
     } else {
       pool.setBits(pmdT, mi, hi | E_YOUNG | (write ? E_DIRTY : 0));
@@ -313,8 +313,7 @@ function doHugePmdWpPage(k: Kernel, mm: Mm, vma: Vma, addr: number, t: number, i
     const head = p.allocFolio(HPAGE_PMD_ORDER, GFP_MOVABLE);
     if (head < 0) {
       k.vmstat.thp_fault_fallback++;
-      splitHugePmd(k, mm, vma, addr);
-      return VM_FAULT_FALLBACK;
+      return splitHugePmd(k, mm, vma, addr) ? VM_FAULT_FALLBACK : VM_FAULT_OOM;
     }
     k.withInvalidation(mm, haddr, haddr + PMD_SIZE, MmuNotifyEvent.CLEAR, () => {
       prepAnonFolio(k, vma, head, HPAGE_PMD_ORDER, haddr);
@@ -334,8 +333,8 @@ function doHugePmdWpPage(k: Kernel, mm: Mm, vma: Vma, addr: number, t: number, i
     faultInfo.thp = true;
     return 0;
   }
-  splitHugePmd(k, mm, vma, addr);
-  return VM_FAULT_FALLBACK;
+  // A split that cannot get its PTE table must not fall back to a PMD leaf.
+  return splitHugePmd(k, mm, vma, addr) ? VM_FAULT_FALLBACK : VM_FAULT_OOM;
 }
 
 /** do_wp_page: write (or unshare) fault on a present, read-only PTE. */

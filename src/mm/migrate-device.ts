@@ -356,6 +356,7 @@ function splitAnonThp(k: Kernel, mm: Mm, vma: Vma, haddr: number, head: number):
   const f = p.flags(head);
   if ((f & (PG_anon | PG_hugetlb)) !== PG_anon || p.folioOrder(head) !== 9) return false;
   if (p.refcount(head) !== 1 || p.mapcount(head) !== 1 || p.entireMapcount(head) !== 1 || p.pincount(head) !== 0) return false;
+  if (k.inject.fail("folio_split")) return false; // split_folio: -EAGAIN, the THP is skipped
   if (!splitHugePmd(k, mm, vma, haddr)) return false;
   // __split_folio_to_order: every page becomes its own folio.
   const s = p.sec(head);
@@ -601,7 +602,7 @@ export function migrateVmaPages(k: Kernel, m: MigrateVma): void {
         continue;
       }
       // folio_migrate_mapping: exactly our reference must remain.
-      if (p.refcount(src) !== 1 || !(p.flags(src) & PG_anon)) {
+      if (p.refcount(src) !== 1 || !(p.flags(src) & PG_anon) || k.inject.fail("migrate")) {
         m.srcFlags[i]! &= ~MIGRATE_PFN_MIGRATE;
         continue;
       }

@@ -2,6 +2,7 @@
  * AddressSpaceService (address_space.proto): mms, files and the mmap family.
  * Every RPC but ListMms is mutating and needs the session header.
  */
+import { checkMmsLimit } from "./limits.js";
 import {
   MAP_ANONYMOUS,
   MAP_FIXED,
@@ -143,12 +144,14 @@ export function addressSpaceService(d: ServiceDeps): AddressSpaceServiceServer {
 
   return {
     createMm: unary<CreateMmRequest, CreateMmResponse>(d, `${SVC}/CreateMm`, "required", async (req, c) => {
+      checkMmsLimit(d, k, c.sessionId);
       const mm = await runModelOp(k, [], "write", () => k.createMm(req.name, c.sessionId));
       return { mmId: mm.id };
     }),
 
     forkMm: unary<ForkMmRequest, ForkMmResponse>(d, `${SVC}/ForkMm`, "required", async (req, c) => {
       objectId(req.mmId, "mm_id");
+      checkMmsLimit(d, k, c.sessionId);
       const child = await runModelOp(k, [req.mmId], "write", () => {
         const parent = liveMm(k, req.mmId);
         return forkMm(k, parent, req.name !== "" ? req.name : `${parent.name}-child`, c.sessionId);

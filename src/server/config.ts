@@ -33,6 +33,16 @@ export interface DaemonConfig {
   keepaliveTimeoutMs: number;
   /** how long a client mirror may take to acknowledge an invalidation before it is declared dead. */
   mirrorDeadlineMs: number;
+  /** AdminService may configure fault injection (tests only). */
+  faultInjection: boolean;
+  /** live mms one session may own (CreateMm, ForkMm); beyond: RESOURCE_EXHAUSTED. */
+  maxMmsPerSession: number;
+  /** pages one request may name (nr_pages / npages / length in pages); beyond: RESOURCE_EXHAUSTED. */
+  maxPagesPerRequest: number;
+  /** largest request message accepted, bytes; beyond: RESOURCE_EXHAUSTED (grpc-js). */
+  maxMessageBytes: number;
+  /** concurrent HTTP/2 streams per client connection (0 = the HTTP/2 default). */
+  maxConcurrentStreams: number;
 }
 
 export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
@@ -48,6 +58,11 @@ export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
   keepaliveTimeMs: 30_000,
   keepaliveTimeoutMs: 10_000,
   mirrorDeadlineMs: 5000,
+  faultInjection: false,
+  maxMmsPerSession: 1024,
+  maxPagesPerRequest: 2 ** 28, // 1 TiB of 4 KiB pages
+  maxMessageBytes: 64 * 2 ** 20,
+  maxConcurrentStreams: 1000,
 });
 
 const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
@@ -81,10 +96,18 @@ Options (precedence: flags > environment > config file > defaults):
                          (MMSIM_KEEPALIVE_TIMEOUT_MS; default 10000)
   --mirror-deadline-ms MS  a client mirror that does not acknowledge an invalidation
                          within MS is declared dead (MMSIM_MIRROR_DEADLINE_MS; default 5000)
+  --fault-injection BOOL AdminService may configure fault injection (tests only)
+                         (MMSIM_FAULT_INJECTION; default false)
+  --max-mms-per-session N  live mms one session may own (MMSIM_MAX_MMS_PER_SESSION; default 1024)
+  --max-pages-per-request N  pages one request may name (MMSIM_MAX_PAGES_PER_REQUEST; default 268435456)
+  --max-message-bytes SIZE  largest request message (MMSIM_MAX_MESSAGE_BYTES; default 64M)
+  --max-concurrent-streams N  HTTP/2 streams per connection, 0 = unlimited
+                         (MMSIM_MAX_CONCURRENT_STREAMS; default 1000)
   --config FILE          JSON file with any of: listen, ram, movable, cma (sizes),
                          logLevel, thp, sessionGraceMs, metricsListen,
                          shutdownGraceMs, keepaliveTimeMs, keepaliveTimeoutMs,
-                         mirrorDeadlineMs (MMSIM_CONFIG)
+                         mirrorDeadlineMs, faultInjection, maxMmsPerSession,
+                         maxPagesPerRequest, maxMessageBytes, maxConcurrentStreams (MMSIM_CONFIG)
   --help                 print this help and exit
 SIZE: a byte count with an optional suffix K, M, G or T (powers of 1024; "KiB", "MB" etc. accepted).`;
 
@@ -117,6 +140,18 @@ function parseThp(value: unknown, what: string): ThpSetting {
 function parseMs(value: unknown, what: string): number {
   const n = typeof value === "string" && /^\d+$/.test(value.trim()) ? Number(value) : value;
   if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 0) throw new ConfigError(`${what}: ${JSON.stringify(value)} is not a number of milliseconds`);
+  return n;
+}
+
+function parseBool(value: unknown, what: string): boolean {
+  if (value === true || value === "true" || value === "1") return true;
+  if (value === false || value === "false" || value === "0") return false;
+  throw new ConfigError(`${what}: expected true or false (got ${JSON.stringify(value)})`);
+}
+
+function parseCount(value: unknown, what: string, min: number): number {
+  const n = typeof value === "string" && /^\d+$/.test(value.trim()) ? Number(value) : value;
+  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < min) throw new ConfigError(`${what}: ${JSON.stringify(value)} is not an integer >= ${min}`);
   return n;
 }
 
@@ -182,6 +217,24 @@ const SETTINGS: { flag: string; env: string; keys: string[]; set: Setter }[] = [
     env: "MMSIM_MIRROR_DEADLINE_MS",
     keys: ["mirrorDeadlineMs"],
     set: (c, v, w) => (c.mirrorDeadlineMs = parseMs(v, w)),
+  },
+  { flag: "fault-injection", env: "MMSIM_FAULT_INJECTION", keys: ["faultInjection"], set: (c, v, w) => (c.faultInjection = parseBool(v, w)) },
+  { flag: "max-mms-per-session", env: "MMSIM_MAX_MMS_PER_SESSION", keys: ["maxMmsPerSession"], set: (c, v, w) => (c.maxMmsPerSession = parseCount(v, w, 1)) },
+  { flag: "max-pages-per-request", env: "MMSIM_MAX_PAGES_PER_REQUEST", keys: ["maxPagesPerRequest"], set: (c, v, w) => (c.maxPagesPerRequest = parseCount(v, w, 1)) },
+  {
+    flag: "max-message-bytes",
+    env: "MMSIM_MAX_MESSAGE_BYTES",
+    keys: ["maxMessageBytes"],
+    set: (c, v, w) => {
+      c.maxMessageBytes = parseSize(v as string | number, w);
+      if (c.maxMessageBytes < 4096 || c.maxMessageBytes > 2 ** 31 - 1) throw new ConfigError(`${w}: must be in [4K, 2G)`);
+    },
+  },
+  {
+    flag: "max-concurrent-streams",
+    env: "MMSIM_MAX_CONCURRENT_STREAMS",
+    keys: ["maxConcurrentStreams"],
+    set: (c, v, w) => (c.maxConcurrentStreams = parseCount(v, w, 0)),
   },
 ];
 
@@ -273,8 +326,9 @@ export function grpcServerOptions(c: DaemonConfig): Record<string, number> {
     "grpc.http2.max_pings_without_data": 0,
     // Device mirror commands carry up to 1 GiB/256 of data per call (4 MiB
     // buffers of hmm-tests and more): grpc-js's 4 MiB default is too small.
-    "grpc.max_receive_message_length": 64 * 2 ** 20,
+    "grpc.max_receive_message_length": c.maxMessageBytes ?? 64 * 2 ** 20,
   };
+  if (c.maxConcurrentStreams > 0) o["grpc.max_concurrent_streams"] = c.maxConcurrentStreams;
   if (c.keepaliveTimeMs > 0) {
     o["grpc.keepalive_time_ms"] = c.keepaliveTimeMs;
     o["grpc.keepalive_timeout_ms"] = c.keepaliveTimeoutMs;

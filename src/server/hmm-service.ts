@@ -3,6 +3,7 @@
  * client mirrors. Both run as operations on the mm under its mmap read lock
  * (faults inside may notify mirrors and wait for their answers).
  */
+import { checkPagesLimit } from "./limits.js";
 import { PAGE_SIZE } from "../mm/constants.js";
 import { MmError } from "../mm/errors.js";
 import { HMM_PFN_FLAGS_HI, type HmmRun, hmmPfnsFromBytes, hmmPfnsToBytes, hmmRangeFault } from "../mm/hmm.js";
@@ -43,6 +44,7 @@ export function hmmService(d: ServiceDeps): HmmServiceServer {
         invalidArgument(`output ${req.output} is not a HmmOutput`);
       const r = hub.notifier(req.notifierId);
       const npages = req.end > req.start ? (req.end - req.start) / PAGE_SIZE : 0;
+      checkPagesLimit(d, npages, "(end - start) / 4096");
       if (compact && (req.pfnFlagsMask !== 0 || req.hmmPfns.length > 0))
         invalidArgument("compact output takes no per-page input: pfn_flags_mask must be 0 and hmm_pfns empty");
       if (!compact && npages > MAX_PER_PAGE_PAGES) invalidArgument(`per-page output of ${npages} pages exceeds ${MAX_PER_PAGE_PAGES}; use HMM_OUTPUT_COMPACT`);

@@ -37,6 +37,11 @@ describe("loadConfig", () => {
       keepaliveTimeMs: 30000,
       keepaliveTimeoutMs: 10000,
       mirrorDeadlineMs: 5000,
+      faultInjection: false,
+      maxMmsPerSession: 1024,
+      maxPagesPerRequest: 2 ** 28,
+      maxMessageBytes: 64 * 2 ** 20,
+      maxConcurrentStreams: 1000,
     });
   });
 
@@ -63,6 +68,11 @@ describe("loadConfig", () => {
       keepaliveTimeMs: 30000,
       keepaliveTimeoutMs: 10000,
       mirrorDeadlineMs: 5000,
+      faultInjection: false,
+      maxMmsPerSession: 1024,
+      maxPagesPerRequest: 2 ** 28,
+      maxMessageBytes: 64 * 2 ** 20,
+      maxConcurrentStreams: 1000,
     });
   });
 
