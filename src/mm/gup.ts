@@ -75,6 +75,7 @@ const {
   GUP_PIN_COUNTING_BIAS,
   HPAGE_PMD_NR,
   HPAGE_PUD_NR,
+  PAGEBLOCK_ORDER,
   PAGE_SIZE,
   PMD_SIZE,
   PTRS_PER_TABLE,
@@ -90,7 +91,7 @@ const {
 } = C;
 const { copyPageData, handleMmFault, splitHugePmd, vmFaultToErrno } = F;
 const { E_DIRTY, E_PRESENT, E_PROTNONE, E_SPECIAL, E_TABLE, E_UFFD_WP, E_USER, E_WRITE, E_YOUNG, isPresentLeaf, walk } = PT;
-const { batchAddPfnNum, batchAddSamePfn, batchInit, batchTruncate } = B;
+const { batchAddPfnNum, batchAddSamePfn, batchAddSmallPfns, batchInit, batchTruncate } = B;
 const {
   PG_anon,
   PG_anon_exclusive,
@@ -105,6 +106,8 @@ const {
   PG_shmem,
   PG_swapcache,
 } = PM;
+const { SECTION_SHIFT, SECTION_PAGES } = PM;
+const SECTION_MASK = SECTION_PAGES - 1;
 const LEVEL_PTE = Level.PTE;
 const LEVEL_PGD = Level.PGD;
 const LEVEL_PMD = Level.PMD;
@@ -150,6 +153,12 @@ export const RUN_SAME = 2; // every page of the run is the same PFN (zero page)
 export const RUN_LONGTERM = 4; // FOLL_LONGTERM: counted against the memlock limit
 export const RUN_BIAS2019 = 8; // pinned under the "bias-2019" accounting profile
 export const RUN_NOOP = 16; // 4 KiB zero-page pin: no accounting either way
+/**
+ * The run is `count` physically contiguous order-0 folios, one page each
+ * (runHead is its first PFN): one run per stretch of small pages instead of
+ * one per page; references are still counted, and put, per folio.
+ */
+export const RUN_SMALL = 32;
 
 /**
  * try_grab_folio(folio, refs, flags) on the folio headed by `head`, as one
@@ -210,7 +219,7 @@ export function gupPutFolio(k: Kernel, head: number, refs: number, runFlags: num
   if (!(runFlags & RUN_PIN)) {
     p.folioRefAdd(head, -refs);
   } else {
-    if (runFlags & RUN_BIAS2019 || p.folioOrder(head) === 0) {
+    if (runFlags & (RUN_BIAS2019 | RUN_SMALL) || p.folioOrder(head) === 0) {
       p.folioRefAdd(head, -refs * GUP_PIN_COUNTING_BIAS);
     } else {
       if (p.pincount(head) < refs) fail(EINVAL, `kernel-bug:gup_put_folio: _pincount ${p.pincount(head)} < ${refs} at pfn ${head}`, "kernel-bug");
@@ -505,6 +514,8 @@ class GupCollector {
   readonly wantPages: boolean;
   private readonly outRanges: boolean;
   private readonly bias: boolean;
+  /** runs below this index belong to an earlier mark: never extended */
+  private mergeFloor = 0;
 
   constructor(
     readonly k: Kernel,
@@ -536,7 +547,16 @@ class GupCollector {
       if (e !== 0) return e;
     }
     const h = this.handle;
-    h.push(pfn, n, head, idx, rf);
+    if (n === 1 && pfn === head && !same && !(rf & RUN_NOOP) && this.k.phys.folioOrder(head) === 0) {
+      // An order-0 folio: continue the last run when it is a stretch of
+      // small pages that ends right before this one (physically and in pages[]).
+      rf |= RUN_SMALL;
+      const r = h.nRuns - 1;
+      if (r >= this.mergeFloor && h.runFlags[r] === rf && h.runPfn[r]! + h.runCount[r]! === pfn && h.runIdx[r]! + h.runCount[r]! === idx) h.runCount[r]!++;
+      else h.push(pfn, 1, head, idx, rf);
+    } else {
+      h.push(pfn, n, head, idx, rf);
+    }
     h.count(rf, n);
     if (this.outRanges) {
       if (same) batchAddSamePfn(this.batch, pfn, n, head);
@@ -557,8 +577,53 @@ class GupCollector {
     return 0;
   }
 
+  /**
+   * GUP-fast's grab of `n` physically contiguous order-0 folios [pfn, pfn + n)
+   * (not the zero page) as pages[idx..idx+n): try_grab_folio on each, with
+   * folio_mark_accessed, as one run. Returns the folios taken (stops before
+   * the first that cannot be grabbed).
+   */
+  grabSmall(idx: number, pfn: number, n: number, flags: number): number {
+    const p = this.k.phys;
+    if (!(flags & (FOLL_GET | FOLL_PIN)) || this.handle === null || this.bias) {
+      // bias-2019 overflows are thrown by tryGrabFolio: keep its path
+      for (let j = 0; j < n; j++) {
+        if (this.grab(idx + j, pfn + j, pfn + j, 1, false, flags) !== 0) return j;
+        p.orFlags(pfn + j, PG_referenced);
+      }
+      return n;
+    }
+    const pin = (flags & FOLL_PIN) !== 0;
+    const got = p.smallFoliosGrab(pfn, n, pin ? GUP_PIN_COUNTING_BIAS : 1, REF_MAX, PG_referenced);
+    if (got === 0) return 0;
+    if (pin) this.k.vmstat.nr_foll_pin_acquired += got;
+    p.stats.gupRefUpdates += got;
+    const rf = RUN_SMALL | (pin ? RUN_PIN | (flags & FOLL_LONGTERM ? RUN_LONGTERM : 0) : 0);
+    const h = this.handle;
+    const r = h.nRuns - 1;
+    if (r >= this.mergeFloor && h.runFlags[r] === rf && h.runPfn[r]! + h.runCount[r]! === pfn && h.runIdx[r]! + h.runCount[r]! === idx) h.runCount[r]! += got;
+    else h.push(pfn, got, pfn, idx, rf);
+    h.count(rf, got);
+    if (this.outRanges) batchAddSmallPfns(this.batch, pfn, got);
+    if (this.pages !== null) {
+      const need = idx + got;
+      if (need > this.pages.length) {
+        let cap = this.pages.length * 2;
+        while (cap < need) cap *= 2;
+        const a = new Uint32Array(cap);
+        a.set(this.pages);
+        this.pages = a;
+      }
+      const a = this.pages;
+      for (let j = 0; j < got; j++) a[idx + j] = pfn + j;
+    }
+    return got;
+  }
+
   mark(): Mark {
-    return { runs: this.handle?.nRuns ?? 0, pages: this.batch.totalPfns };
+    const runs = this.handle?.nRuns ?? 0;
+    this.mergeFloor = runs; // truncating to the mark must not cut into a run
+    return { runs, pages: this.batch.totalPfns };
   }
 
   /** Release (unpin_user_pages) everything taken since `m`; pages[] past it is stale. */
@@ -576,19 +641,41 @@ class GupCollector {
   private dropRuns(from: number, undo: boolean): void {
     const h = this.handle;
     if (h === null) return;
+    // One update per folio: consecutive runs (or pages of SMALL runs) of the
+    // same folio and kind are merged, walking back from the newest.
+    let head = -1;
+    let fl = 0;
+    let total = 0;
     for (let r = h.nRuns - 1; r >= from; r--) {
       const n = h.runCount[r]!;
-      const fl = h.runFlags[r]!;
-      const head = h.runHead[r]!;
-      // one update per folio: merge with earlier runs of the same folio
-      let total = n;
-      while (r - 1 >= from && h.runHead[r - 1] === head && h.runFlags[r - 1] === fl) {
-        r--;
-        total += h.runCount[r]!;
+      const f = h.runFlags[r]!;
+      const kind = f & ~RUN_SMALL;
+      h.count(f, -n);
+      if (f & RUN_SMALL) {
+        const pfn = h.runPfn[r]!;
+        for (let j = n - 1; j >= 0; j--) {
+          if (pfn + j === head && kind === (fl & ~RUN_SMALL)) {
+            total++;
+            continue;
+          }
+          if (total > 0) gupPutFolio(this.k, head, total, fl, undo);
+          head = pfn + j;
+          fl = f;
+          total = 1;
+        }
+        continue;
       }
-      h.count(fl, -total);
-      gupPutFolio(this.k, head, total, fl, undo);
+      const hd = h.runHead[r]!;
+      if (hd === head && kind === (fl & ~RUN_SMALL)) {
+        total += n;
+        continue;
+      }
+      if (total > 0) gupPutFolio(this.k, head, total, fl, undo);
+      head = hd;
+      fl = f;
+      total = n;
     }
+    if (total > 0) gupPutFolio(this.k, head, total, fl, undo);
     if (from < h.nRuns) h.nRuns = from;
   }
 }
@@ -891,12 +978,18 @@ function checkAndMigrateMovable(c: GupCollector, mark: Mark): number {
   const seen = new Set<number>();
   let last = -1;
   for (let r = mark.runs; r < h.nRuns; r++) {
-    const head = h.runHead[r]!;
-    if (head === last || h.runFlags[r]! & RUN_NOOP) continue;
-    last = head;
-    if (!p.folioIsLongtermPinnable(head) && !seen.has(head)) {
-      seen.add(head);
-      collected.push(head);
+    const fl = h.runFlags[r]!;
+    if (fl & RUN_NOOP) continue;
+    // a SMALL run is one folio per page
+    const n = fl & RUN_SMALL ? h.runCount[r]! : 1;
+    for (let j = 0; j < n; j++) {
+      const head = fl & RUN_SMALL ? h.runPfn[r]! + j : h.runHead[r]!;
+      if (head === last) continue;
+      last = head;
+      if (!p.folioIsLongtermPinnable(head) && !seen.has(head)) {
+        seen.add(head);
+        collected.push(head);
+      }
     }
   }
   if (collected.length === 0) return 0;
@@ -949,7 +1042,7 @@ function migrateFolioForPin(k: Kernel, old: number): number {
     k.vmstat.pgmigrate_fail += n;
     return failErr;
   }
-  const nw = p.allocFolio(order, 0);
+  const nw = k.inject.fail("migrate") ? -1 : p.allocFolio(order, 0);
   if (nw < 0) {
     k.vmstat.pgmigrate_fail += n;
     return failErr;
@@ -1061,15 +1154,31 @@ function accessPermitted(hi: number, write: boolean): boolean {
  */
 function fastFolioOk(k: Kernel, head: number, flags: number): boolean {
   const p = k.phys;
+  return fastBlockOk(p, head, flags) && fastFolioAllowed(p, head, flags);
+}
+
+/**
+ * The refusals of try_grab_folio_fast, which depend only on where the head
+ * lies: its section's pagemap (P2PDMA, device memory) and its pageblock's
+ * migratetype and zone (folio_is_longterm_pinnable), so a walk may reuse the
+ * answer for every head of one pageblock (except the zero page).
+ */
+function fastBlockOk(p: PhysMem, head: number, flags: number): boolean {
   if (p2pdmaRefused(p, head, flags)) return false;
-  if (flags & FOLL_PIN && flags & FOLL_LONGTERM && head !== p.zeroPfn && !p.folioIsLongtermPinnable(head)) return false;
-  // gup_fast_folio_allowed
+  return !(flags & FOLL_PIN && flags & FOLL_LONGTERM && head !== p.zeroPfn && !p.folioIsLongtermPinnable(head));
+}
+
+/** gup_fast_folio_allowed */
+function fastFolioAllowed(p: PhysMem, head: number, flags: number): boolean {
+  return folioAllowed(flags, p.folioOrder(head), p.flags(head), p.mapping(head));
+}
+
+/** gup_fast_folio_allowed on the head's order, flags and mapping. */
+function folioAllowed(flags: number, order: number, f: number, mapping: number): boolean {
   const rejectFileBacked = (flags & (FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE)) === (FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE);
-  const checkSecretmem = p.folioOrder(head) === 0; // CONFIG_SECRETMEM=y
+  const checkSecretmem = order === 0; // CONFIG_SECRETMEM=y
   if (!rejectFileBacked && !checkSecretmem) return true;
-  const f = p.flags(head);
   if (f & PG_hugetlb) return true;
-  const mapping = p.mapping(head);
   if (mapping === 0) return false; // truncated, or a driver page (vm_insert_page)
   if (mapping < 0) return true; // anonymous
   return !rejectFileBacked || (f & PG_shmem) !== 0;
@@ -1145,7 +1254,11 @@ function gupFastLeaf(c: GupCollector, flags: number, level: Level, lo: number, h
   return refs;
 }
 
-/** gup_fast_pte_range over [addr, stop) of one PTE table, grouped per folio. */
+/**
+ * gup_fast_pte_range over [addr, stop) of one PTE table, grouped per folio;
+ * consecutive order-0 folios that are physically contiguous form one group
+ * too (grabbed folio by folio in one pass, recorded as one run).
+ */
 function gupFastPteRange(c: GupCollector, flags: number, t: number, addr: number, stop: number, idx: number): number {
   const k = c.k;
   const pool = k.pt;
@@ -1158,35 +1271,73 @@ function gupFastPteRange(c: GupCollector, flags: number, t: number, addr: number
   const g = fastGroup;
   g.len = 0;
   g.head = -1;
+  g.same = false; // here: the group is a stretch of order-0 folios
+  const zeroPfn = p.zeroPfn;
   let okHead = -1;
+  let okBlock = -1; // pageblock whose fastBlockOk passed
+  let small = false; // okHead is an order-0 folio other than the zero page
+  let secIdx = -1;
+  let sec: PM.Section | undefined;
   let j = 0;
   for (; j < n; j++) {
     const o = b + 2 * (i0 + j);
     const lo = words[o]!;
     const hi = words[o + 1]!;
     if (!accessPermitted(hi, write) || hi & E_SPECIAL) break;
-    const head = p.folioHead(lo);
+    // struct page fields straight from the section (page_folio and the
+    // folio's order, flags and mapping), looked up once per section
+    if (lo >>> SECTION_SHIFT !== secIdx) {
+      secIdx = lo >>> SECTION_SHIFT;
+      sec = p.section(lo);
+    }
+    let head = lo;
+    let order = 0;
+    if (sec !== undefined) {
+      order = sec.order[lo & SECTION_MASK]!;
+      if (order !== 0) head = lo - (lo % 2 ** order);
+    }
     if (head !== okHead) {
-      if (!fastFolioOk(k, head, flags)) break;
+      const block = head >>> PAGEBLOCK_ORDER;
+      if (head === zeroPfn || block !== okBlock) {
+        if (!fastBlockOk(p, head, flags)) break;
+        if (head !== zeroPfn) okBlock = block;
+      }
+      if (order === 0 && sec !== undefined) {
+        const si = head & SECTION_MASK;
+        if (!folioAllowed(flags, 0, sec.flags[si]!, sec.mapping[si]!)) break;
+      } else if (!fastFolioAllowed(p, head, flags)) break;
       okHead = head;
+      small = order === 0 && sec !== undefined && head !== zeroPfn;
     }
     if (!(hi & E_WRITE) && gupMustUnshare(k, null, flags, lo)) break;
-    if (g.len > 0 && head === g.head && lo === g.pfn + g.len) {
+    if (g.len > 0 && lo === g.pfn + g.len && (small ? g.same : head === g.head)) {
       g.len++;
       continue;
     }
     if (g.len > 0) {
-      if (c.grab(idx + g.j, g.pfn, g.head, g.len, false, flags) !== 0) return g.j;
-      p.orFlags(g.head, PG_referenced);
+      const e = flushFastGroup(c, g, idx, flags);
+      if (e >= 0) return e;
     }
     g.head = head;
     g.pfn = lo;
     g.len = 1;
     g.j = j;
+    g.same = small;
   }
   if (g.len > 0) {
-    if (c.grab(idx + g.j, g.pfn, g.head, g.len, false, flags) !== 0) return g.j;
-    p.orFlags(g.head, PG_referenced);
+    const e = flushFastGroup(c, g, idx, flags);
+    if (e >= 0) return e;
   }
   return j;
+}
+
+/** Grab a GUP-fast group; -1 when all of it was taken, else the pages of the step taken. */
+function flushFastGroup(c: GupCollector, g: PteGroup, idx: number, flags: number): number {
+  if (g.same) {
+    const got = c.grabSmall(idx + g.j, g.pfn, g.len, flags);
+    return got === g.len ? -1 : g.j + got;
+  }
+  if (c.grab(idx + g.j, g.pfn, g.head, g.len, false, flags) !== 0) return g.j;
+  c.k.phys.orFlags(g.head, PG_referenced);
+  return -1;
 }

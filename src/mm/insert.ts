@@ -141,38 +141,90 @@ export function insertPfnRange(k: Kernel, mm: Mm, req: InsertRequest): InsertRes
   return r;
 }
 
+// Module-local bindings of what insertBlock uses per leaf: loaders that
+// compile ES imports to accessor calls (tsx, vite-node) would otherwise make
+// every read of an imported name a getter call.
+const LEVEL_PUD = Level.PUD;
+const LEVEL_PMD = Level.PMD;
+const PUD_BYTES = PUD_SIZE;
+const PMD_BYTES = PMD_SIZE;
+const PUD_NR = HPAGE_PUD_NR;
+const PMD_NR = HPAGE_PMD_NR;
+
 /**
  * Insert the largest leaf that fits at `cur` (eager) or the block holding
  * `cur` (fault mode). Returns the pages advanced, -1 on allocation failure.
+ * In eager mode a PMD leaf is followed by the next PMD slots of the same
+ * table in one pass (as the PTE branch fills a PTE table), as long as whole
+ * 2 MiB blocks fit; each slot gets the same checks as a first one.
  */
 function insertBlock(k: Kernel, mm: Mm, vma: Vma, cur: number, p: number, bits: number, huge: boolean, r: InsertResult, faultMode: boolean, end = 0): number {
   const pool = k.pt;
-  for (const level of [Level.PUD, Level.PMD]) {
-    if (!huge) break;
-    const size = level === Level.PUD ? PUD_SIZE : PMD_SIZE;
-    const npages = level === Level.PUD ? HPAGE_PUD_NR : HPAGE_PMD_NR;
-    const b = faultMode ? cur - (cur % size) : cur;
+  if (huge) {
+    // PUD first: only at a 1 GiB boundary (eager) with a congruent PFN.
+    const b = faultMode ? cur - (cur % PUD_BYTES) : cur;
     const bp = p - (cur - b) / PAGE_SIZE;
-    if (b % size !== 0 || bp % npages !== 0 || b < vma.start || b + size > vma.end) continue;
-    if (!faultMode && b + size > end) continue;
-    const t = ensureTable(pool, mm.pgd, b, level);
-    if (t < 0) {
-      r.vmFault = VM_FAULT_OOM;
-      r.errno = Errno.ENOMEM;
-      return -1;
+    if (b % PUD_BYTES === 0 && bp % PUD_NR === 0 && b >= vma.start && b + PUD_BYTES <= vma.end && (faultMode || b + PUD_BYTES <= end)) {
+      const t = ensureTable(pool, mm.pgd, b, LEVEL_PUD);
+      if (t < 0) {
+        r.vmFault = VM_FAULT_OOM;
+        r.errno = Errno.ENOMEM;
+        return -1;
+      }
+      if (t !== 0) {
+        const i = pudIndex(b);
+        const hi = pool.hi(t, i);
+        if (hi !== 0 || pool.lo(t, i) !== 0) {
+          if (!(hi & E_TABLE)) {
+            r.alreadyPopulated += PUD_NR;
+            return faultMode ? 1 : PUD_NR;
+          }
+          // a lower table exists: smaller leaves
+        } else {
+          pool.set(t, i, bp, bits | E_LEAF);
+          k.vmstat.pfn_inserts_pud++;
+          addLeaf(r, LEVEL_PUD, b, bp);
+          return PUD_NR;
+        }
+      }
     }
-    if (t === 0) continue;
-    const i = level === Level.PUD ? pudIndex(b) : pmdIndex(b);
-    if (pool.hi(t, i) !== 0 || pool.lo(t, i) !== 0) {
-      if (pool.hi(t, i) & E_TABLE) continue; // a lower table exists: smaller leaves
-      r.alreadyPopulated += npages;
-      return faultMode ? 1 : npages;
+    const mb = faultMode ? cur - (cur % PMD_BYTES) : cur;
+    const mbp = p - (cur - mb) / PAGE_SIZE;
+    const limit = faultMode ? vma.end : Math.min(end, vma.end);
+    if (mb % PMD_BYTES === 0 && mbp % PMD_NR === 0 && mb >= vma.start && mb + PMD_BYTES <= limit) {
+      const t = ensureTable(pool, mm.pgd, mb, LEVEL_PMD);
+      if (t < 0) {
+        r.vmFault = VM_FAULT_OOM;
+        r.errno = Errno.ENOMEM;
+        return -1;
+      }
+      if (t !== 0) {
+        // Whole 2 MiB blocks of this PMD table (one table covers one PUD range).
+        const i0 = pmdIndex(mb);
+        const iEnd = faultMode ? i0 + 1 : Math.min(512, i0 + Math.floor((limit - mb) / PMD_BYTES));
+        const words = pool.chunk(t);
+        const base = pool.base(t);
+        let i = i0;
+        let a = mb;
+        let q = mbp;
+        let inserted = 0;
+        for (; i < iEnd; i++, a += PMD_BYTES, q += PMD_NR) {
+          const o = base + 2 * i;
+          const hi = words[o + 1]!;
+          if (hi !== 0 || words[o] !== 0) {
+            if (hi & E_TABLE) break; // a lower table exists: smaller leaves
+            r.alreadyPopulated += PMD_NR;
+            if (faultMode) return 1;
+            continue;
+          }
+          pool.set(t, i, q, bits | E_LEAF);
+          inserted++;
+          addLeaf(r, LEVEL_PMD, a, q);
+        }
+        k.vmstat.pfn_inserts_pmd += inserted;
+        if (i > i0) return faultMode ? PMD_NR : (i - i0) * PMD_NR;
+      }
     }
-    pool.set(t, i, bp, bits | E_LEAF);
-    if (level === Level.PUD) k.vmstat.pfn_inserts_pud++;
-    else k.vmstat.pfn_inserts_pmd++;
-    addLeaf(r, level, b, bp);
-    return npages;
   }
   // PTE level: fill this PTE table in one pass.
   const t = ensureTable(pool, mm.pgd, cur, Level.PTE);

@@ -10,7 +10,17 @@
  * Leaves exist at PUD (1 GiB) and PMD (2 MiB) level with E_LEAF set, and at
  * PTE level. A slot holds either a table (E_TABLE) or a leaf, never both (T1).
  */
-import { Level, PAGE_SHIFT, PMD_SHIFT, PTRS_PER_TABLE, PUD_SIZE } from "./constants.js";
+import * as C from "./constants.js";
+import { Level } from "./constants.js";
+
+// Module-local bindings of what the walk and the index arithmetic use per
+// page: loaders that compile ES imports to accessor calls (tsx, vite-node)
+// would otherwise make every read of an imported name a getter call.
+const { PAGE_SHIFT, PMD_SHIFT, PTRS_PER_TABLE, PUD_SIZE } = C;
+const LEVEL_PTE = Level.PTE;
+const LEVEL_PMD = Level.PMD;
+const LEVEL_PUD = Level.PUD;
+const LEVEL_PGD = Level.PGD;
 
 // Entry bits (word 1).
 export const E_PRESENT = 1 << 0;
@@ -167,11 +177,11 @@ export function pteIndex(va: number): number {
 }
 export function indexAt(level: Level, va: number): number {
   switch (level) {
-    case Level.PTE:
+    case LEVEL_PTE:
       return pteIndex(va);
-    case Level.PMD:
+    case LEVEL_PMD:
       return pmdIndex(va);
-    case Level.PUD:
+    case LEVEL_PUD:
       return pudIndex(va);
     default:
       return pgdIndex(va);
@@ -198,25 +208,25 @@ export function walk(pool: TablePool, root: number, va: number, c: WalkCursor): 
   let i = pgdIndex(va);
   let hi = pool.hi(t, i);
   let lo = pool.lo(t, i);
-  let level: Level = Level.PGD;
+  let level: Level = LEVEL_PGD;
   if (hi & E_TABLE) {
     t = lo;
     i = pudIndex(va);
     hi = pool.hi(t, i);
     lo = pool.lo(t, i);
-    level = Level.PUD;
+    level = LEVEL_PUD;
     if (hi & E_TABLE) {
       t = lo;
       i = pmdIndex(va);
       hi = pool.hi(t, i);
       lo = pool.lo(t, i);
-      level = Level.PMD;
+      level = LEVEL_PMD;
       if (hi & E_TABLE) {
         t = lo;
         i = pteIndex(va);
         hi = pool.hi(t, i);
         lo = pool.lo(t, i);
-        level = Level.PTE;
+        level = LEVEL_PTE;
       }
     }
   }
@@ -235,7 +245,7 @@ export function walk(pool: TablePool, root: number, va: number, c: WalkCursor): 
  */
 export function ensureTable(pool: TablePool, root: number, va: number, level: Level): number {
   let t = root;
-  for (let l = Level.PGD; l > level; l--) {
+  for (let l: Level = LEVEL_PGD; l > level; l--) {
     const i = indexAt(l, va);
     const hi = pool.hi(t, i);
     if (hi & E_TABLE) {
@@ -254,7 +264,7 @@ export function ensureTable(pool: TablePool, root: number, va: number, level: Le
 /** Lookup without allocation of the table holding `level` entries; 0 if absent. */
 export function findTable(pool: TablePool, root: number, va: number, level: Level): number {
   let t = root;
-  for (let l = Level.PGD; l > level; l--) {
+  for (let l: Level = LEVEL_PGD; l > level; l--) {
     const i = indexAt(l, va);
     if (!(pool.hi(t, i) & E_TABLE)) return 0;
     t = pool.lo(t, i);
@@ -272,5 +282,5 @@ export function isPresentLeaf(hi: number): boolean {
 }
 
 export function levelSize(level: Level): number {
-  return level === Level.PTE ? 4096 : level === Level.PMD ? 2 ** 21 : 2 ** 30;
+  return level === LEVEL_PTE ? 4096 : level === LEVEL_PMD ? 2 ** 21 : 2 ** 30;
 }

@@ -97,6 +97,54 @@ function addOne(b: PfnBatch, pfn: number, n: number, head: number): void {
   b.folioEnd++;
 }
 
+/**
+ * Append [pfn, pfn + n) of `n` order-0 folios (one page each): merged into
+ * the runs as batch_add_pfn_num does, one folio segment per page.
+ */
+export function batchAddSmallPfns(b: PfnBatch, pfn: number, n: number): void {
+  if (n === 1 || n > U32_MAX) {
+    for (let j = 0; j < n; j++) addOne(b, pfn + j, 1, pfn + j);
+    return;
+  }
+  b.totalPfns += n;
+  const r = b.end - 1;
+  if (r >= 0 && b.pfns[r]! + b.npfns[r]! === pfn && b.npfns[r]! + n <= U32_MAX) {
+    b.npfns[r]! += n;
+  } else {
+    if (b.end === b.pfns.length) {
+      b.pfns = grow(b.pfns);
+      b.npfns = grow(b.npfns);
+    }
+    b.pfns[b.end] = pfn;
+    b.npfns[b.end] = n;
+    b.end++;
+  }
+  // A segment never continues across order-0 folios (each is its own head).
+  const need = b.folioEnd + n;
+  if (need > b.folioPfns.length) {
+    let c = b.folioPfns.length * 2;
+    while (c < need) c *= 2;
+    b.folioPfns = growTo(b.folioPfns, c);
+    b.folioNpfns = growTo(b.folioNpfns, c);
+    b.folioHeads = growTo(b.folioHeads, c);
+  }
+  const fp = b.folioPfns;
+  const fn = b.folioNpfns;
+  const fh = b.folioHeads;
+  for (let j = 0, f = b.folioEnd; j < n; j++, f++) {
+    fp[f] = pfn + j;
+    fn[f] = 1;
+    fh[f] = pfn + j;
+  }
+  b.folioEnd = need;
+}
+
+function growTo(a: Uint32Array, c: number): Uint32Array {
+  const n = new Uint32Array(c);
+  n.set(a);
+  return n;
+}
+
 /** Append `n` references to the same page (the shared zero page): n runs of 1. */
 export function batchAddSamePfn(b: PfnBatch, pfn: number, n: number, head: number): void {
   for (let i = 0; i < n; i++) addOne(b, pfn, 1, head);

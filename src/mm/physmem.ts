@@ -186,6 +186,8 @@ export class PhysMem {
   private hugeZero = -1;
   /** Test/fault-injection hook: return true to fail an allocation. */
   allocFailHook: ((order: number) => boolean) | null = null;
+  /** Fault-injection hook for driver allocations of device pages. */
+  deviceAllocFailHook: (() => boolean) | null = null;
 
   constructor(readonly config: PhysConfig = DEFAULT_PHYS_CONFIG) {
     const { ramBytes, movableBytes, cmaBytes } = config;
@@ -578,6 +580,31 @@ export class PhysMem {
     if (v === 0) this.freeFolio(head);
   }
 
+  /**
+   * try_grab_folio on each of the `n` order-0 folios [pfn, pfn + n), for a
+   * GUP batch of small pages: adds `delta` to each refcount and ORs `f` into
+   * each page's flags, stopping before the first folio whose refcount is
+   * <= 0 or would exceed `max`. Returns the folios updated.
+   */
+  smallFoliosGrab(pfn: number, n: number, delta: number, max: number, f: number): number {
+    let done = 0;
+    while (done < n) {
+      const s = this.sec(pfn + done);
+      const lo = (pfn + done) & SECTION_MASK;
+      const hi = Math.min(SECTION_PAGES, lo + (n - done));
+      const rc = s.refcount;
+      const fl = s.flags;
+      for (let j = lo; j < hi; j++) {
+        const v = rc[j]!;
+        if (v <= 0 || v + delta > max) return done + (j - lo);
+        rc[j] = v + delta;
+        fl[j]! |= f;
+      }
+      done += hi - lo;
+    }
+    return done;
+  }
+
   folioGet(head: number): void {
     this.folioRefAdd(head, 1);
   }
@@ -699,6 +726,7 @@ export class PhysMem {
 
   /** A driver allocates one device page (zone_device_page_init: refcount 1). */
   allocDevicePage(pm: DevPagemap): number {
+    if (this.deviceAllocFailHook?.()) return -1;
     const pfn = pm.popFree();
     if (pfn < 0) return -1;
     const s = this.sec(pfn);

@@ -12,6 +12,10 @@
  *    kind (RUN_PIN set: FOLL_PIN, else FOLL_GET). A RUN_SAME run is `count`
  *    references to the one page `pfn` (consecutive PTEs of the shared zero
  *    page). Runs live in typed arrays; there is no per-page object.
+ *  - A RUN_SMALL run is `count` physically contiguous order-0 folios, one
+ *    page each, [runPfn, runPfn + count) (runHead is not kept up to date):
+ *    a stretch of small pages is one run, its references still counted and
+ *    put per folio.
  *  - A 4 KiB zero-page pin is a no-op in the kernel (is_zero_folio): it is kept
  *    as a RUN_NOOP run so that the handle still covers those pages, and is
  *    released without any accounting.
@@ -32,10 +36,12 @@ import * as G from "./gup.js";
 import type { Kernel } from "./kernel.js";
 import * as PM from "./physmem.js";
 
-export { RUN_BIAS2019, RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME } from "./gup.js";
+export { RUN_BIAS2019, RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME, RUN_SMALL } from "./gup.js";
 
 // Module-local bindings of names used per run (see the note in gup.ts).
-const { RUN_BIAS2019, RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME, gupPutFolio } = G;
+const { RUN_BIAS2019, RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME, RUN_SMALL, gupPutFolio } = G;
+/** Run flags that say what a reference is (RUN_SMALL only says how it is stored). */
+const KIND_MASK = ~RUN_SMALL;
 const { PG_dirty, PG_reserved } = PM;
 
 interface Counters {
@@ -211,7 +217,13 @@ class ReleaseTxn {
   release(h: PinHandle, head: number, n: number, flags: number): void {
     const hi = this.hIndex(h);
     const last = this.n - 1;
-    if (last >= 0 && this.relH[last] === hi && this.relHead[last] === head && this.relFlags[last] === flags) {
+    // A RUN_SMALL entry is [head, head + n) of order-0 folios: extended only by the next page.
+    if (
+      last >= 0 &&
+      this.relH[last] === hi &&
+      this.relFlags[last] === flags &&
+      (flags & RUN_SMALL ? this.relHead[last]! + this.relN[last]! === head : this.relHead[last] === head)
+    ) {
       this.relN[last]! += n;
       return;
     }
@@ -278,12 +290,19 @@ export class PinRegistry {
     this.outstandingPins += h.pins;
     s.hintH = h; // releases usually start where the newest pin starts
     s.hintR = 0;
-    if (s.index !== null) for (let r = 0; r < h.nRuns; r++) if (h.runCount[r]! > 0) addRef(s.index, h.runHead[r]!, h.id, r);
+    if (s.index !== null) for (let r = 0; r < h.nRuns; r++) indexRun(s.index, h, r);
     return h.id;
   }
 
   handle(id: number): PinHandle | undefined {
     return this.handles.get(id);
+  }
+
+  /** Ids of the registered handles (of one session, or of all: session 0), ascending. */
+  handleIds(session = 0): number[] {
+    const out: number[] = [];
+    for (const [id, h] of this.handles) if (session === 0 || h.session === session) out.push(id);
+    return out.sort((a, b) => a - b);
   }
 
   handleInfo(id: number): PinHandleInfo | undefined {
@@ -292,7 +311,16 @@ export class PinRegistry {
     const runs: PinHandleInfo["runs"] = [];
     for (let r = 0; r < h.nRuns; r++) {
       if (h.runCount[r] === 0) continue;
-      runs.push({ pfn: h.runPfn[r]!, count: h.runCount[r]!, head: h.runHead[r]!, idx: h.runIdx[r]!, flags: h.runFlags[r]! });
+      const fl = h.runFlags[r]!;
+      if (fl & RUN_SMALL) {
+        // shown as before: one run per order-0 folio
+        for (let j = 0; j < h.runCount[r]!; j++) {
+          const pfn = h.runPfn[r]! + j;
+          runs.push({ pfn, count: 1, head: pfn, idx: h.runIdx[r]! + j, flags: fl & KIND_MASK });
+        }
+        continue;
+      }
+      runs.push({ pfn: h.runPfn[r]!, count: h.runCount[r]!, head: h.runHead[r]!, idx: h.runIdx[r]!, flags: fl });
     }
     runs.sort((a, b) => a.idx - b.idx);
     return { id, session: h.session, mmId: h.mmId, nrPages: h.nrPages, livePages: h.livePages, pins: h.pins, gets: h.gets, runs };
@@ -372,6 +400,15 @@ export class PinRegistry {
         if (pfn < 0) {
           i++;
           continue;
+        }
+        if (s !== undefined && s.hintH !== null) {
+          // pages[] in the order of a pin: a stretch that continues a SMALL
+          // run of the last handle released from is taken in one checked step.
+          const m = this.takeSmallStretch(txn, s, s.hintH, pages, i, npages, pin);
+          if (m > 0) {
+            i += m;
+            continue;
+          }
         }
         const head = this.folioOf(session, pfn);
         if (pin && head === p.zeroPfn) {
@@ -487,22 +524,26 @@ export class PinRegistry {
     const out = new Map<number, { refs: number; pins: number }>();
     for (const h of this.handles.values()) {
       for (let r = 0; r < h.nRuns; r++) {
-        const n = h.runCount[r]!;
+        const cnt = h.runCount[r]!;
         const fl = h.runFlags[r]!;
-        if (n === 0 || fl & RUN_NOOP) continue;
-        const head = h.runHead[r]!;
-        let e = out.get(head);
-        if (e === undefined) {
-          e = { refs: 0, pins: 0 };
-          out.set(head, e);
-        }
-        if (!(fl & RUN_PIN)) e.refs += n;
-        else if (fl & RUN_BIAS2019 || p.folioOrder(head) === 0) {
-          e.refs += n * 1024;
-          if (!(fl & RUN_BIAS2019)) e.pins += n;
-        } else {
-          e.refs += n;
-          e.pins += n;
+        if (cnt === 0 || fl & RUN_NOOP) continue;
+        const small = (fl & RUN_SMALL) !== 0;
+        for (let j = 0; j < (small ? cnt : 1); j++) {
+          const head = small ? h.runPfn[r]! + j : h.runHead[r]!;
+          const n = small ? 1 : cnt;
+          let e = out.get(head);
+          if (e === undefined) {
+            e = { refs: 0, pins: 0 };
+            out.set(head, e);
+          }
+          if (!(fl & RUN_PIN)) e.refs += n;
+          else if (fl & RUN_BIAS2019 || p.folioOrder(head) === 0) {
+            e.refs += n * 1024;
+            if (!(fl & RUN_BIAS2019)) e.pins += n;
+          } else {
+            e.refs += n;
+            e.pins += n;
+          }
         }
       }
     }
@@ -542,7 +583,7 @@ export class PinRegistry {
   private ensureIndex(s: SessionPins): Map<number, number[]> {
     if (s.index === null) {
       const idx = new Map<number, number[]>();
-      for (const h of s.handles) for (let r = 0; r < h.nRuns; r++) if (h.runCount[r]! > 0) addRef(idx, h.runHead[r]!, h.id, r);
+      for (const h of s.handles) for (let r = 0; r < h.nRuns; r++) indexRun(idx, h, r);
       s.index = idx;
     }
     return s.index;
@@ -562,7 +603,7 @@ export class PinRegistry {
       for (let r = s.hintR; r <= last; r++) {
         const cnt = hh.runCount[r]!;
         const fl = hh.runFlags[r]!;
-        if (cnt === 0 || hh.runHead[r] !== head || ((fl & RUN_PIN) !== 0) !== pin) continue;
+        if (cnt === 0 || !runHolds(hh, r, head) || ((fl & RUN_PIN) !== 0) !== pin) continue;
         const pfn = hh.runPfn[r]!;
         if (fl & RUN_SAME ? a === pfn && b === a + 1 : pfn <= a && b <= pfn + cnt) {
           this.cut(txn, s, hh, r, fl & RUN_SAME ? 0 : a - pfn, b - a);
@@ -579,7 +620,7 @@ export class PinRegistry {
       if (h === undefined || r >= h.nRuns) continue;
       const cnt = h.runCount[r]!;
       const fl = h.runFlags[r]!;
-      if (cnt === 0 || h.runHead[r] !== head || ((fl & RUN_PIN) !== 0) !== pin) continue;
+      if (cnt === 0 || !runHolds(h, r, head) || ((fl & RUN_PIN) !== 0) !== pin) continue;
       const pfn = h.runPfn[r]!;
       const end = fl & RUN_SAME ? pfn + 1 : pfn + cnt;
       const next: number[] = [];
@@ -605,6 +646,31 @@ export class PinRegistry {
     return rem.length === 0;
   }
 
+  /**
+   * If pages[i] lies in a SMALL run of `h` of the right kind (the hinted run
+   * or the next), take the entries pages[i..i+m) that continue it page by
+   * page, up to its end, with one cut. Returns m (0: not such a stretch).
+   * Every page of a run is a held order-0 folio, so no other check is needed.
+   */
+  private takeSmallStretch(txn: ReleaseTxn, s: SessionPins, h: PinHandle, pages: ArrayLike<number>, i: number, npages: number, pin: boolean): number {
+    const pfn = pages[i]!;
+    if (pfn >>> 0 !== pfn) return 0;
+    const last = Math.min(s.hintR + 1, h.nRuns - 1);
+    for (let r = s.hintR; r <= last; r++) {
+      const fl = h.runFlags[r]!;
+      if (!(fl & RUN_SMALL) || ((fl & RUN_PIN) !== 0) !== pin) continue;
+      const first = h.runPfn[r]!;
+      const end = first + h.runCount[r]!;
+      if (pfn < first || pfn >= end) continue;
+      const max = Math.min(end - pfn, npages - i);
+      let m = 1;
+      while (m < max && pages[i + m] === pfn + m) m++;
+      this.cut(txn, s, h, r, pfn - first, m);
+      return m;
+    }
+    return 0;
+  }
+
   /** Take `n` pins on any pages of the folio `head` (unpin_user_folio). */
   private takeAny(txn: ReleaseTxn, s: SessionPins, head: number, n: number): boolean {
     const refs = this.ensureIndex(s).get(head);
@@ -615,7 +681,13 @@ export class PinRegistry {
       if (h === undefined || r >= h.nRuns) continue;
       const cnt = h.runCount[r]!;
       const fl = h.runFlags[r]!;
-      if (cnt === 0 || h.runHead[r] !== head || !(fl & RUN_PIN)) continue;
+      if (cnt === 0 || !runHolds(h, r, head) || !(fl & RUN_PIN)) continue;
+      if (fl & RUN_SMALL) {
+        // the one page of the order-0 folio `head`
+        this.cut(txn, s, h, r, head - h.runPfn[r]!, 1);
+        n--;
+        continue;
+      }
       const take = Math.min(cnt, n);
       this.cut(txn, s, h, r, cnt - take, take);
       n -= take;
@@ -630,10 +702,11 @@ export class PinRegistry {
     const pfn = h.runPfn[r]!;
     const idx = h.runIdx[r]!;
     const same = (fl & RUN_SAME) !== 0;
+    const small = (fl & RUN_SMALL) !== 0;
     s.hintH = h;
     s.hintR = r;
     txn.logRun(h, r);
-    txn.release(h, h.runHead[r]!, len, fl);
+    txn.release(h, small ? pfn + off : h.runHead[r]!, len, fl);
     if (off === 0 && len === cnt) {
       h.runCount[r] = 0;
     } else if (off === 0) {
@@ -644,10 +717,14 @@ export class PinRegistry {
       h.runCount[r] = off;
     } else {
       txn.logAppend(h);
-      const head = h.runHead[r]!;
+      const head = small ? pfn + off + len : h.runHead[r]!;
       const nr = h.push(same ? pfn : pfn + off + len, cnt - off - len, head, idx + off + len, fl);
       h.runCount[r] = off;
-      if (s.index !== null) addRef(s.index, head, h.id, nr);
+      // the index lists a SMALL run under each of its pages: rebuild it when needed
+      if (s.index !== null) {
+        if (small) s.index = null;
+        else addRef(s.index, head, h.id, nr);
+      }
     }
   }
 
@@ -655,22 +732,41 @@ export class PinRegistry {
   private commitTxn(txn: ReleaseTxn, s: SessionPins, makeDirty: boolean): ReleaseResult {
     const res: ReleaseResult = { pages: 0, folios: 0, dirtied: 0 };
     const n = txn.n;
-    for (let i = 0; i < n; ) {
-      const head = txn.relHead[i]!;
-      const fl = txn.relFlags[i]!;
-      let total = 0;
-      let j = i;
-      // One folio group: consecutive releases of the same folio and kind.
-      for (; j < n && txn.relHead[j] === head && txn.relFlags[j] === fl; j++) {
-        const m = txn.relN[j]!;
-        txn.hs[txn.relH[j]!]!.count(fl, -m);
-        total += m;
+    // One folio group: consecutive releases (pages of a SMALL release) of the same folio and kind.
+    let head = -1;
+    let fl = 0;
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      const hd = txn.relHead[i]!;
+      const f = txn.relFlags[i]!;
+      const m = txn.relN[i]!;
+      const kind = f & KIND_MASK;
+      txn.hs[txn.relH[i]!]!.count(f, -m);
+      countInto(s, f, -m);
+      if (f & RUN_PIN && !(f & RUN_NOOP)) this.outstandingPins -= m;
+      if (f & RUN_SMALL) {
+        for (let j = 0; j < m; j++) {
+          if (hd + j === head && kind === (fl & KIND_MASK)) {
+            total++;
+            continue;
+          }
+          if (total > 0) this.putGroup(head, total, fl, makeDirty, res);
+          head = hd + j;
+          fl = f;
+          total = 1;
+        }
+        continue;
       }
-      countInto(s, fl, -total);
-      if (fl & RUN_PIN && !(fl & RUN_NOOP)) this.outstandingPins -= total;
-      this.putGroup(head, total, fl, makeDirty, res);
-      i = j;
+      if (hd === head && kind === (fl & KIND_MASK)) {
+        total += m;
+        continue;
+      }
+      if (total > 0) this.putGroup(head, total, fl, makeDirty, res);
+      head = hd;
+      fl = f;
+      total = m;
     }
+    if (total > 0) this.putGroup(head, total, fl, makeDirty, res);
     for (const h of txn.hs) if (h.livePages === 0) this.forget(s, h);
     return res;
   }
@@ -699,9 +795,34 @@ export class PinRegistry {
     for (let r = 0; r < h.nRuns; r++) {
       const n = h.runCount[r]!;
       if (n === 0) continue;
-      const hd = h.runHead[r]!;
       const f = h.runFlags[r]!;
-      if (hd === head && f === fl) {
+      const kind = f & KIND_MASK;
+      if (f & RUN_SMALL) {
+        // one folio per page; counters for the whole run at once
+        const pfn = h.runPfn[r]!;
+        let j = 0;
+        if (pfn === head && kind === (fl & KIND_MASK)) {
+          total++;
+          j = 1;
+        }
+        if (total > 0 && j < n) {
+          this.dropGroup(s, h, head, total, fl, makeDirty, res);
+          total = 0;
+        }
+        if (j < n) {
+          const last = n - 1;
+          h.count(f, -(last - j));
+          countInto(s, f, -(last - j));
+          if (f & RUN_PIN && !(f & RUN_NOOP)) this.outstandingPins -= last - j;
+          for (; j < last; j++) this.putGroup(pfn + j, 1, f, makeDirty, res);
+          head = pfn + last;
+          fl = f;
+          total = 1;
+        }
+        continue;
+      }
+      const hd = h.runHead[r]!;
+      if (hd === head && kind === (fl & KIND_MASK)) {
         total += n;
         continue;
       }
@@ -740,6 +861,25 @@ function growF64(a: Float64Array, c: number): Float64Array<ArrayBuffer> {
   const b = new Float64Array(c);
   b.set(a);
   return b;
+}
+
+/** Does run r of h hold pages of the folio `head`? */
+function runHolds(h: PinHandle, r: number, head: number): boolean {
+  if (!(h.runFlags[r]! & RUN_SMALL)) return h.runHead[r] === head;
+  const pfn = h.runPfn[r]!;
+  return head >= pfn && head < pfn + h.runCount[r]!;
+}
+
+/** List run r of h in the per-folio index (a SMALL run under each of its pages). */
+function indexRun(idx: Map<number, number[]>, h: PinHandle, r: number): void {
+  const cnt = h.runCount[r]!;
+  if (cnt === 0) return;
+  if (!(h.runFlags[r]! & RUN_SMALL)) {
+    addRef(idx, h.runHead[r]!, h.id, r);
+    return;
+  }
+  const pfn = h.runPfn[r]!;
+  for (let j = 0; j < cnt; j++) addRef(idx, pfn + j, h.id, r);
 }
 
 function addRef(idx: Map<number, number[]>, head: number, id: number, r: number): void {
