@@ -74,6 +74,7 @@ from mmsim.v1 import address_space_pb2_grpc as asp_grpc  # noqa: E402
 from mmsim.v1 import common_pb2  # noqa: E402
 from mmsim.v1 import device_pb2, device_pb2_grpc  # noqa: E402
 from mmsim.v1 import fault_pb2, fault_pb2_grpc  # noqa: E402
+from mmsim.v1 import gup_pb2, gup_pb2_grpc  # noqa: E402
 from mmsim.v1 import inspect_pb2, inspect_pb2_grpc  # noqa: E402
 from mmsim.v1 import memory_pb2, memory_pb2_grpc  # noqa: E402
 from mmsim.v1 import session_pb2, session_pb2_grpc  # noqa: E402
@@ -113,6 +114,7 @@ class Driver:
         self.device = device_pb2_grpc.DeviceServiceStub(self.channel)
         self.inspect = inspect_pb2_grpc.InspectServiceStub(self.channel)
         self.system = system_pb2_grpc.SystemServiceStub(self.channel)
+        self.gup = gup_pb2_grpc.GupServiceStub(self.channel)
         self.md = None
         self.notices = []
         self.attached = threading.Event()
@@ -194,8 +196,25 @@ class Driver:
         except grpc.RpcError as e:
             print(f"munmap({addr + 1:#x}) failed as the kernel would: {errno_of(e)} ({e.details()})")
 
-        # --- pinning (GUP service): pin_user_pages on the buffer, check the
-        # --- folio's pincount, unpin. Added here when GupService exists.
+        # Pinning, as an RDMA driver registers a buffer: a fresh 2 MiB buffer,
+        # populated, pinned long-term for writing (pin_user_pages with
+        # FOLL_WRITE|FOLL_LONGTERM), reported as PFN ranges; then unpinned.
+        FOLL_WRITE, FOLL_LONGTERM, MADV_POPULATE_WRITE = 0x1, 0x100, 23
+        buf = self.aspace.Mmap(asp.MmapRequest(mm_id=mm, length=2 * MiB, prot=PROT_READ | PROT_WRITE,
+                                               flags=MAP_PRIVATE | MAP_ANONYMOUS), metadata=self.md).addr
+        self.aspace.Madvise(asp.MadviseRequest(mm_id=mm, addr=buf, length=2 * MiB, advice=MADV_POPULATE_WRITE), metadata=self.md)
+        pin = self.gup.PinUserPages(gup_pb2.PinUserPagesRequest(
+            variant=gup_pb2.GUP_VARIANT_PIN_USER_PAGES, mm_id=mm, start=buf, nr_pages=512,
+            gup_flags=FOLL_WRITE | FOLL_LONGTERM, output=gup_pb2.GUP_OUTPUT_RANGES), metadata=self.md)
+        expect(pin.ret == 512 and pin.handle != 0, f"pin_user_pages returned {pin.ret}")
+        ranges = ", ".join(f"pfn {r.pfn:#x}+{r.count}" for r in pin.ranges)
+        print(f"pinned 512 pages long-term at {buf:#x} (handle {pin.handle}): {ranges}")
+        un = self.gup.UnpinHandle(gup_pb2.UnpinHandleRequest(handle=pin.handle, make_dirty=True), metadata=self.md)
+        ps = self.gup.GetPinStats(gup_pb2.GetPinStatsRequest())
+        expect(un.released.pages == 512 and ps.outstanding_pins == 0, f"unpinned {un.released.pages}, {ps.outstanding_pins} outstanding")
+        print(f"unpinned {un.released.pages} pages; nr_foll_pin_acquired {ps.nr_foll_pin_acquired}"
+              f" == nr_foll_pin_released {ps.nr_foll_pin_released}")
+        self.aspace.Munmap(asp.MunmapRequest(mm_id=mm, addr=buf, length=2 * MiB), metadata=self.md)
 
         # --- MMU notifiers / HMM: register an interval notifier on the
         # --- buffer, watch the invalidation of a munmap, hmm_range_fault.

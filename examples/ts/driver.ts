@@ -17,6 +17,7 @@ import { AddressSpaceServiceClient, DeviceMapping } from "../../src/gen/mmsim/v1
 import { pageTableLevelToJSON } from "../../src/gen/mmsim/v1/common.js";
 import { DeviceServiceClient, InsertMode } from "../../src/gen/mmsim/v1/device.js";
 import { FaultAccess, FaultServiceClient } from "../../src/gen/mmsim/v1/fault.js";
+import { GupOutput, GupServiceClient, GupVariant } from "../../src/gen/mmsim/v1/gup.js";
 import { InspectServiceClient, pageTableEntryKindToJSON } from "../../src/gen/mmsim/v1/inspect.js";
 import { MemoryServiceClient } from "../../src/gen/mmsim/v1/memory.js";
 import { type AttachSessionResponse, SessionNoticeKind, SessionServiceClient, sessionNoticeKindToJSON } from "../../src/gen/mmsim/v1/session.js";
@@ -68,6 +69,7 @@ export async function runDriver(address: string, print: (line: string) => void =
   const device = new DeviceServiceClient(address, creds);
   const inspect = new InspectServiceClient(address, creds);
   const system = new SystemServiceClient(address, creds);
+  const gup = new GupServiceClient(address, creds);
   let stream: ClientReadableStream<AttachSessionResponse> | undefined;
   try {
     const v = await call(system, system.getVersion, {});
@@ -139,8 +141,27 @@ export async function runDriver(address: string, print: (line: string) => void =
       print(`munmap(${hex(addr + 1)}) failed as the kernel would: ${errnoOf(e as ServiceError)} (${(e as ServiceError).details})`);
     }
 
-    // --- pinning (GUP service): pin_user_pages on the buffer, check the
-    // --- folio's pincount, unpin. Added here when GupService exists.
+    // Pinning, as an RDMA driver registers a buffer: a fresh 2 MiB buffer,
+    // populated, pinned long-term for writing (pin_user_pages with
+    // FOLL_WRITE|FOLL_LONGTERM), reported as PFN ranges; then unpinned.
+    const FOLL_WRITE = 0x1;
+    const FOLL_LONGTERM = 0x100;
+    const MADV_POPULATE_WRITE = 23;
+    const buf = await call(aspace, aspace.mmap, { mmId: mm, addr: 0, length: 2 * MiB, prot: PROT_RW, flags: MAP_PRIVATE | MAP_ANONYMOUS, fileId: 0, offset: 0 }, md);
+    await call(aspace, aspace.madvise, { mmId: mm, addr: buf.addr, length: 2 * MiB, advice: MADV_POPULATE_WRITE }, md);
+    const pin = await call(
+      gup,
+      gup.pinUserPages,
+      { variant: GupVariant.GUP_VARIANT_PIN_USER_PAGES, mmId: mm, start: buf.addr, nrPages: 512, gupFlags: FOLL_WRITE | FOLL_LONGTERM, output: GupOutput.GUP_OUTPUT_RANGES, wantFolioRuns: false },
+      md,
+    );
+    expect(pin.ret === 512 && pin.handle !== 0, `pin_user_pages returned ${pin.ret}`);
+    print(`pinned 512 pages long-term at ${hex(buf.addr)} (handle ${pin.handle}): ${pin.ranges.map((x) => `pfn ${hex(x.pfn)}+${x.count}`).join(", ")}`);
+    const un = await call(gup, gup.unpinHandle, { handle: pin.handle, makeDirty: true }, md);
+    const ps = await call(gup, gup.getPinStats, { sessionId: 0 });
+    expect(un.released?.pages === 512 && ps.outstandingPins === 0, `unpinned ${un.released?.pages}, ${ps.outstandingPins} pins outstanding`);
+    print(`unpinned ${un.released?.pages} pages; nr_foll_pin_acquired ${ps.nrFollPinAcquired} == nr_foll_pin_released ${ps.nrFollPinReleased}`);
+    await call(aspace, aspace.munmap, { mmId: mm, addr: buf.addr, length: 2 * MiB }, md);
 
     // --- MMU notifiers / HMM: register an interval notifier on the buffer,
     // --- watch the invalidation of a munmap, hmm_range_fault. Added here
@@ -168,7 +189,7 @@ export async function runDriver(address: string, print: (line: string) => void =
     print(`session closed: stream ended OK after ${kinds.join(", ")}`);
   } finally {
     stream?.cancel();
-    for (const c of [sessions, aspace, faults, memory, device, inspect, system]) c.close();
+    for (const c of [sessions, aspace, faults, memory, device, inspect, system, gup]) c.close();
   }
 }
 

@@ -12,6 +12,7 @@ import { Level } from "./constants.js";
 import { DEFAULT_PHYS_CONFIG, type PhysConfig, PhysMem, PG_anon, PG_hugetlb, PG_shmem, PG_pagecache } from "./physmem.js";
 import { TablePool } from "./pagetable.js";
 import { PinRegistry } from "./pins.js";
+import { FaultInjector } from "./fault-inject.js";
 import { AnonVma, type DeviceMapping, FileObject, type Vma } from "./vma.js";
 
 export type ThpEnabled = "always" | "madvise" | "never";
@@ -117,11 +118,14 @@ export class Kernel {
   readonly invalidationObservers = new Set<(r: NotifierRange, phase: "start" | "end") => void>();
   /** GUP references and pins held by sessions (pins.ts). */
   readonly pins: PinRegistry;
+  /** Named fault-injection points (fault-inject.ts); disabled by default. */
+  readonly inject: FaultInjector;
 
   constructor(config: KernelConfig = {}) {
     this.phys = new PhysMem({ ...DEFAULT_PHYS_CONFIG, ...config.phys });
     this.tunables = { ...DEFAULT_TUNABLES, ...config.tunables };
     this.pins = new PinRegistry(this);
+    this.inject = new FaultInjector(this.phys, this.pt);
     this.refHolders.push(() => this.pins.heldRefs());
     this.extraChecks.push((add) => this.pins.checkPinStats(add));
   }

@@ -2,12 +2,20 @@
  * DeviceService (device.proto): dev_pagemaps, raw PFN ranges and driver PFN
  * insertion. All RPCs but ListDevices are mutating.
  */
+import { checkPagesLimit } from "./limits.js";
 import { HPAGE_PUD_NR, MemoryType as MmMemoryType } from "../mm/constants.js";
+import { allocDevicePages, freeDevicePages, releaseSessionDevicePages, vmInsertPage } from "../mm/driver-pages.js";
 import { insertPfnRange } from "../mm/insert.js";
 import type { InsertRequest } from "../mm/insert.js";
 import { MemoryType } from "../gen/mmsim/v1/common.js";
 import {
+  type AllocDevicePagesRequest,
+  type AllocDevicePagesResponse,
   type DeviceServiceServer,
+  type FreeDevicePagesRequest,
+  type FreeDevicePagesResponse,
+  type VmInsertPageRequest,
+  type VmInsertPageResponse,
   InsertMode,
   type InsertPfnRangeRequest,
   type InsertPfnRangeResponse,
@@ -24,7 +32,7 @@ import {
 } from "../gen/mmsim/v1/device.js";
 import { levelToProto, memoryTypeFromProto, memoryTypeToProto } from "./convert.js";
 import { pfnRangeVmas, revokePfnRange } from "./device-ops.js";
-import { ERRNO, errnoError, invalidArgument } from "./errors.js";
+import { ERRNO, errnoError, invalidArgument, notFoundError } from "./errors.js";
 import { runModelOp, type ServiceDeps, unary } from "./handler.js";
 import { liveMm } from "./lookup.js";
 import { enumValue, isPowerOfTwo, mask, objectId, pageAligned, positive, u32, u64 } from "./validate.js";
@@ -48,12 +56,49 @@ export function naturalAlignment(nrPages: number): number {
   return a;
 }
 
+/** Driver allocation references (AllocDevicePages) go at the "pins" stage of a session's end. */
+function registerDriverPageRelease(d: ServiceDeps): void {
+  const k = d.kernel;
+  d.sessions.onRelease("pins", "free driver-allocated device pages", async (s) => {
+    await runModelOp(k, [], "write", () => releaseSessionDevicePages(k, s.id));
+  });
+}
+
 export function deviceService(d: ServiceDeps): DeviceServiceServer {
   const k = d.kernel;
+  registerDriverPageRelease(d);
   return {
+    allocDevicePages: unary<AllocDevicePagesRequest, AllocDevicePagesResponse>(d, `${SVC}/AllocDevicePages`, "required", async (req, c) => {
+      objectId(req.pgmapId, "pgmap_id");
+      positive(req.nrPages, "nr_pages");
+      checkPagesLimit(d, req.nrPages, "nr_pages");
+      const pfns = await runModelOp(k, [], "write", () => {
+        const pm = k.phys.pagemaps.get(req.pgmapId);
+        if (pm === undefined) notFoundError(`dev_pagemap ${req.pgmapId}`);
+        if (pm.type === MmMemoryType.DEVICE_PRIVATE) invalidArgument("DEVICE_PRIVATE pages are never mapped by PTEs; allocate them through device migration");
+        return allocDevicePages(k, c.sessionId, pm, req.nrPages);
+      });
+      return { pfns };
+    }),
+
+    freeDevicePages: unary<FreeDevicePagesRequest, FreeDevicePagesResponse>(d, `${SVC}/FreeDevicePages`, "required", async (req, c) => {
+      for (const p of req.pfns) u64(p, "pfns");
+      const freed = await runModelOp(k, [], "write", () => freeDevicePages(k, c.sessionId, req.pfns));
+      return { freed };
+    }),
+
+    vmInsertPage: unary<VmInsertPageRequest, VmInsertPageResponse>(d, `${SVC}/VmInsertPage`, "required", async (req, c) => {
+      objectId(req.mmId, "mm_id");
+      pageAligned(req.addr, "addr");
+      u64(req.pfn, "pfn");
+      const r = await runModelOp(k, [req.mmId], "write", () => vmInsertPage(k, liveMm(k, req.mmId), req.addr, req.pfn, c.sessionId));
+      return { errnoValue: Math.abs(r.ret), allocationTransferred: r.allocationTransferred };
+    }),
+
     registerDevPagemap: unary<RegisterDevPagemapRequest, RegisterDevPagemapResponse>(d, `${SVC}/RegisterDevPagemap`, "required", async (req, c) => {
       const type = enumValue(req.type, MEMORY_TYPES, "type", MemoryType as unknown as Record<number, string>);
       positive(req.nrPages, "nr_pages");
+      checkPagesLimit(d, req.nrPages, "nr_pages");
       u64(req.owner, "owner");
       u32(req.folioOrder, "folio_order");
       if ((type === MemoryType.MEMORY_TYPE_DEVICE_PRIVATE || type === MemoryType.MEMORY_TYPE_DEVICE_COHERENT) && req.owner === 0)
@@ -76,6 +121,7 @@ export function deviceService(d: ServiceDeps): DeviceServiceServer {
 
     registerPfnRange: unary<RegisterPfnRangeRequest, RegisterPfnRangeResponse>(d, `${SVC}/RegisterPfnRange`, "required", async (req, c) => {
       positive(req.nrPages, "nr_pages");
+      checkPagesLimit(d, req.nrPages, "nr_pages");
       u64(req.alignPages, "align_pages");
       if (req.alignPages !== 0 && !isPowerOfTwo(req.alignPages)) invalidArgument(`align_pages ${req.alignPages} is not a power of two`);
       const align = req.alignPages === 0 ? naturalAlignment(req.nrPages) : req.alignPages;
@@ -97,6 +143,7 @@ export function deviceService(d: ServiceDeps): DeviceServiceServer {
       pageAligned(req.addr, "addr");
       u64(req.pfn, "pfn");
       u64(req.nrPages, "nr_pages");
+      checkPagesLimit(d, req.nrPages, "nr_pages");
       const mode = enumValue(req.mode, [InsertMode.INSERT_MODE_EAGER, InsertMode.INSERT_MODE_FAULT, InsertMode.INSERT_MODE_REMAP], "mode");
       if (mode === InsertMode.INSERT_MODE_FAULT) {
         if (req.nrPages > 1) invalidArgument("nr_pages must be 0 or 1 for INSERT_MODE_FAULT");

@@ -23,7 +23,11 @@ import { SystemServiceService } from "../gen/mmsim/v1/system.js";
 import { DmirrorServiceService } from "../gen/mmsim/v1/dmirror.js";
 import { HmmServiceService } from "../gen/mmsim/v1/hmm.js";
 import { NotifierServiceService } from "../gen/mmsim/v1/notifier.js";
+import { GupServiceService } from "../gen/mmsim/v1/gup.js";
+import { gupService } from "./gup-service.js";
 import { dmirrorService } from "./dmirror-service.js";
+import { AdminServiceService } from "../gen/mmsim/v1/admin.js";
+import { adminService } from "./admin-service.js";
 import { hmmService } from "./hmm-service.js";
 import { notifierHub, notifierService } from "./notifier-service.js";
 import { addressSpaceService } from "./address-space-service.js";
@@ -97,6 +101,8 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
   server.addService(withSafeDecode(NotifierServiceService), notifierService(d));
   server.addService(withSafeDecode(HmmServiceService), hmmService(d));
   server.addService(withSafeDecode(DmirrorServiceService), dmirrorService(d));
+  server.addService(withSafeDecode(AdminServiceService), adminService(d));
+  server.addService(withSafeDecode(GupServiceService), gupService(d));
 
   ops.install();
 

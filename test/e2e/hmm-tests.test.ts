@@ -10,12 +10,13 @@
  * N5 coherence of every mirror).
  *
  * Not ported: migrate_remap_fault (needs mremap, which the model does not
- * have) and hmm_gup_test (needs the gup_test front-end of GupService).
+ * have). hmm_gup_test drives GupService as the gup_test ioctls do.
  */
 import { type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FileKind } from "../../src/gen/mmsim/v1/address_space.js";
 import { MemoryType } from "../../src/gen/mmsim/v1/common.js";
+import { GupOutput, GupVariant } from "../../src/gen/mmsim/v1/gup.js";
 import { type Clients, startDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { fillInts, firstMismatch, type HmmClients, hmmClients, ints } from "../helpers/hmm.js";
 
@@ -683,6 +684,55 @@ for (const variant of VARIANTS) {
       const s = await cmd(p.fd, "snapshot", ptr, npages);
       expect(s).toMatchObject({ ret: 0, cpages: npages });
       expect([...s.data]).toEqual(new Array(npages).fill(PROT.WRITE));
+    });
+
+    testF("hmm_gup_test", async (p) => {
+      const npages = 4;
+      const size = npages * PAGE;
+      const ptr = await mmap(p.mm, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+      await cpuWrite(p.mm, ptr, fillInts(size, ident));
+      const r = await cmd(p.fd, "migrate_to_dev", ptr, npages);
+      expect(r).toMatchObject({ ret: 0, cpages: npages });
+      expectInts(r.data, ident);
+      // gup_test ioctls, one page each, gup_flags FOLL_WRITE (| FOLL_LONGTERM):
+      // GUP_BASIC_TEST, GUP_FAST_BENCHMARK, PIN_FAST_BENCHMARK, PIN_LONGTERM_BENCHMARK.
+      const FOLL_WRITE = 0x1;
+      const FOLL_LONGTERM = 0x100;
+      const ioctls: [GupVariant, number, boolean][] = [
+        [GupVariant.GUP_VARIANT_GET_USER_PAGES, FOLL_WRITE, false],
+        [GupVariant.GUP_VARIANT_GET_USER_PAGES_FAST, FOLL_WRITE, false],
+        [GupVariant.GUP_VARIANT_PIN_USER_PAGES_FAST, FOLL_WRITE | FOLL_LONGTERM, true],
+        [GupVariant.GUP_VARIANT_PIN_USER_PAGES, FOLL_WRITE | FOLL_LONGTERM, true],
+      ];
+      for (const [i, [variant, flags, isPin]] of ioctls.entries()) {
+        const g = await c.gup.pinUserPages({
+          variant,
+          mmId: p.mm,
+          start: ptr + i * PAGE,
+          nrPages: 1,
+          gupFlags: flags,
+          output: GupOutput.GUP_OUTPUT_PAGE_ARRAY,
+          wantFolioRuns: false,
+        });
+        expect([GupVariant[variant], g.ret]).toEqual([GupVariant[variant], 1]);
+        if (isPin) {
+          const f = await c.inspect.getFolio({ pfn: g.pages[0]! });
+          expect([f.maybeDmaPinned, f.longtermPinnable]).toEqual([true, true]);
+          await c.gup.unpinUserPages({ pages: g.pages, makeDirty: false });
+        } else {
+          await c.gup.putUserPages({ pages: g.pages });
+        }
+      }
+      const s = await cmd(p.fd, "snapshot", ptr, npages);
+      expect(s).toMatchObject({ ret: 0, cpages: npages });
+      // private: every GUP faulted the page back to RAM; coherent: short-term
+      // GUP leaves the device page in place, FOLL_LONGTERM migrates it.
+      const W = PROT.WRITE;
+      const expected = variant.coherent ? [PROT.DEV_COHERENT_LOCAL | W, PROT.DEV_COHERENT_LOCAL | W, W, W] : [W, W, W, W];
+      expect([...s.data]).toEqual(expected);
+      await expectCpuInts(p.mm, ptr, size, ident);
+      const st = await c.gup.getPinStats({ sessionId: 0 });
+      expect([st.outstandingPins, st.nrFollPinAcquired - st.nrFollPinReleased]).toEqual([0, 0]);
     });
 
     testF("migrate_anon_huge_empty", async (p) => {

@@ -23,6 +23,8 @@ const SCENARIO = [
   /^fork: child mm \d+; after the child's write \(COW\) parent reads 'hello from (python|typescript)', child reads 'hello from (the )?child!'$/,
   /^BAR pfn 0x[0-9a-f]+\+1024 mapped at 0x[0-9a-f]+: 2 PMD leaves, 0 PTE leaves$/,
   /^munmap\(0x[0-9a-f]+\) failed as the kernel would: EINVAL \(EINVAL: addr 0x[0-9a-f]+ is not page aligned\)$/,
+  /^pinned 512 pages long-term at 0x[0-9a-f]+ \(handle \d+\): pfn 0x[0-9a-f]+\+\d+(, pfn 0x[0-9a-f]+\+\d+)*$/,
+  /^unpinned 512 pages; nr_foll_pin_acquired (\d+) == nr_foll_pin_released \1$/,
   /^maps:$/,
   /^ {2}[0-9a-f]+-[0-9a-f]+ rw-s \[pfnmap\]$/,
   /^ {2}[0-9a-f]+-[0-9a-f]+ rw-p \[anon\]$/,

@@ -14,10 +14,12 @@ import { expect } from "vitest";
 import { AddressSpaceServiceClient, AddressSpaceServiceService } from "../../src/gen/mmsim/v1/address_space.js";
 import { DeviceServiceClient, DeviceServiceService } from "../../src/gen/mmsim/v1/device.js";
 import { FaultServiceClient, FaultServiceService } from "../../src/gen/mmsim/v1/fault.js";
+import { GupServiceClient, GupServiceService } from "../../src/gen/mmsim/v1/gup.js";
 import { InspectServiceClient, InspectServiceService } from "../../src/gen/mmsim/v1/inspect.js";
 import { MemoryServiceClient, MemoryServiceService } from "../../src/gen/mmsim/v1/memory.js";
 import { type AttachSessionResponse, SessionServiceClient, SessionServiceService } from "../../src/gen/mmsim/v1/session.js";
 import { SystemServiceClient, SystemServiceService } from "../../src/gen/mmsim/v1/system.js";
+import { AdminServiceClient, AdminServiceService } from "../../src/gen/mmsim/v1/admin.js";
 import { DEFAULT_CONFIG, type DaemonConfig } from "../../src/server/config.js";
 import { createServer, type Daemon } from "../../src/server/server.js";
 
@@ -37,6 +39,8 @@ const SERVICES = {
   device: [DeviceServiceClient, DeviceServiceService],
   inspect: [InspectServiceClient, InspectServiceService],
   system: [SystemServiceClient, SystemServiceService],
+  gup: [GupServiceClient, GupServiceService],
+  admin: [AdminServiceClient, AdminServiceService],
 } as const;
 
 type Raw = {
@@ -47,6 +51,8 @@ type Raw = {
   device: DeviceServiceClient;
   inspect: InspectServiceClient;
   system: SystemServiceClient;
+  gup: GupServiceClient;
+  admin: AdminServiceClient;
 };
 export type Clients = { [K in keyof Raw]: Promised<Raw[K]> };
 

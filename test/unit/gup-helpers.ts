@@ -15,6 +15,7 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from "../../src/mm/constants.js";
+import { vmInsertPage as modelVmInsertPage } from "../../src/mm/driver-pages.js";
 import { pteBits } from "../../src/mm/fault.js";
 import { gupCall, type GupRequest, type GupResult, type GupVariant } from "../../src/mm/gup.js";
 import { checkInvariants } from "../../src/mm/invariants.js";
@@ -90,14 +91,12 @@ export function mapDeviceCoherentAnon(k: Kernel, mm: Mm, addr: number, pfn: numb
 }
 
 /**
- * Stand-in for p2pmem_alloc_mmap: vm_insert_page (a normal, refcounted PTE
- * for a struct page in a VM_MIXEDMAP VMA; folio->mapping stays NULL), then
- * put_page of the allocation's reference, so the mapping holds the only one.
+ * p2pmem_alloc_mmap: vm_insert_page (src/mm/driver-pages.ts: a normal,
+ * refcounted PTE for a struct page in a VM_MIXEDMAP VMA; folio->mapping
+ * stays NULL), then put_page of the allocation's reference, so the mapping
+ * holds the only one.
  */
 export function vmInsertPage(k: Kernel, mm: Mm, addr: number, pfn: number): void {
-  const vma = mm.findVma(addr)!;
-  const t = ensureTable(k.pt, mm.pgd, addr, Level.PTE);
-  k.pt.set(t, pteIndex(addr), pfn, pteBits(vma, vma.pageProtWritable, false));
-  k.rmapAddPtes(mm, pfn, 1);
+  expect(modelVmInsertPage(k, mm, addr, pfn).ret).toBe(0);
   k.phys.folioPut(pfn);
 }
