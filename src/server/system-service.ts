@@ -13,7 +13,9 @@ import {
   type SetTunablesResponse,
   type SystemServiceServer,
   type Tunables,
+  PinAccounting,
 } from "../gen/mmsim/v1/system.js";
+import { Errno, MmError } from "../mm/errors.js";
 import { thpFromProto, thpToProto } from "./convert.js";
 import { invalidArgument } from "./errors.js";
 import type { ServiceDeps } from "./handler.js";
@@ -33,6 +35,7 @@ export function currentTunables(k: Kernel, reg: Registry): Tunables {
     maxMapCount: k.tunables.maxMapCount,
     memlockLimitBytes: reg.memlock.limitBytes,
     memlockUnlimited: reg.memlock.unlimited,
+    pinAccounting: k.tunables.pinAccounting === "bias-2019" ? PinAccounting.PIN_ACCOUNTING_BIAS_2019 : PinAccounting.PIN_ACCOUNTING_CURRENT,
   };
 }
 
@@ -66,6 +69,16 @@ export function systemService(d: ServiceDeps): SystemServiceServer {
       if (req.memlockLimitBytes !== undefined && req.memlockUnlimited !== undefined)
         invalidArgument("set at most one of memlock_limit_bytes and memlock_unlimited");
 
+      let profile: "current" | "bias-2019" | undefined;
+      if (req.pinAccounting !== undefined) {
+        if (req.pinAccounting === PinAccounting.PIN_ACCOUNTING_CURRENT) profile = "current";
+        else if (req.pinAccounting === PinAccounting.PIN_ACCOUNTING_BIAS_2019) profile = "bias-2019";
+        else invalidArgument(`pin_accounting ${req.pinAccounting} is not CURRENT or BIAS_2019`);
+        if (profile !== k.tunables.pinAccounting && k.pins.handleIds().length > 0)
+          throw new MmError(Errno.EBUSY, "pins or GUP references are held: release them before switching the pin accounting profile", "precondition");
+      }
+
+      if (profile !== undefined) k.tunables.pinAccounting = profile;
       if (thp !== undefined) k.tunables.thpEnabled = thp;
       if (req.thpUseZeroPage !== undefined) k.tunables.thpUseZeroPage = req.thpUseZeroPage;
       if (req.maxMapCount !== undefined) k.tunables.maxMapCount = req.maxMapCount;
