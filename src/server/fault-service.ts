@@ -20,7 +20,7 @@ import {
 import { PageTableLevel, Signal } from "../gen/mmsim/v1/common.js";
 import { levelToProto, signalToProto } from "./convert.js";
 import { invalidArgument } from "./errors.js";
-import { runModelOp, type ServiceDeps, unary } from "./handler.js";
+import { modelOp, type ServiceDeps, thenMaybe, unary } from "./handler.js";
 import { liveMm } from "./lookup.js";
 import { enumValue, mask, objectId, u64 } from "./validate.js";
 
@@ -35,7 +35,7 @@ const ACCESS = {
 export function faultService(d: ServiceDeps): FaultServiceServer {
   const k = d.kernel;
   return {
-    handleMmFault: unary<HandleMmFaultRequest, HandleMmFaultResponse>(d, `${SVC}/HandleMmFault`, "required", async (req) => {
+    handleMmFault: unary<HandleMmFaultRequest, HandleMmFaultResponse>(d, `${SVC}/HandleMmFault`, "required", (req) => {
       objectId(req.mmId, "mm_id");
       u64(req.addr, "addr");
       const access = enumValue(
@@ -54,7 +54,7 @@ export function faultService(d: ServiceDeps): FaultServiceServer {
       if (access === FaultAccess.FAULT_ACCESS_EXEC) flags |= FAULT_FLAG_INSTRUCTION;
       if (user) flags |= FAULT_FLAG_USER | FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_INTERRUPTIBLE;
 
-      const { r, mapped } = await runModelOp(k, [req.mmId], "read", () => {
+      const ran = modelOp(k, [req.mmId], "read", () => {
         const mm = liveMm(k, req.mmId);
         const faults = k.vmstat.pgfault;
         const r = cpuFault(k, mm, req.addr, ACCESS[access], flags, user);
@@ -65,20 +65,22 @@ export function faultService(d: ServiceDeps): FaultServiceServer {
         const mapped = (r.vmFault & VM_FAULT_ERROR) === 0 && r.signal === 0 && translate(k, mm, req.addr) !== null;
         return { r, mapped };
       });
-      const level = mapped ? levelToProto(r.level) : PageTableLevel.PAGE_TABLE_LEVEL_UNSPECIFIED;
-      return {
-        vmFault: r.vmFault >>> 0,
-        // A non-user fault (GUP/HMM style) delivers no signal.
-        signal: user ? signalToProto(r.signal) : Signal.SIGNAL_UNSPECIFIED,
-        siCode: user ? r.siCode : 0,
-        errnoValue: Math.abs(r.errno),
-        level,
-        pfn: mapped ? r.pfn : 0,
-        writable: mapped && r.writable,
-        special: mapped && r.special,
-        cow: r.cow,
-        thp: r.thp,
-      };
+      return thenMaybe(ran, ({ r, mapped }): HandleMmFaultResponse => {
+        const level = mapped ? levelToProto(r.level) : PageTableLevel.PAGE_TABLE_LEVEL_UNSPECIFIED;
+        return {
+          vmFault: r.vmFault >>> 0,
+          // A non-user fault (GUP/HMM style) delivers no signal.
+          signal: user ? signalToProto(r.signal) : Signal.SIGNAL_UNSPECIFIED,
+          siCode: user ? r.siCode : 0,
+          errnoValue: Math.abs(r.errno),
+          level,
+          pfn: mapped ? r.pfn : 0,
+          writable: mapped && r.writable,
+          special: mapped && r.special,
+          cow: r.cow,
+          thp: r.thp,
+        };
+      });
     }),
   };
 }

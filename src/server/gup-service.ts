@@ -40,7 +40,7 @@ import {
   type UnpinUserPagesResponse,
 } from "../gen/mmsim/v1/gup.js";
 import { invalidArgument } from "./errors.js";
-import { runModelOp, runModelRead, type ServiceDeps, unary } from "./handler.js";
+import { modelOp, runModelOp, runModelRead, type ServiceDeps, thenMaybe, unary } from "./handler.js";
 import { liveMm } from "./lookup.js";
 import { objectId, u32, u64 } from "./validate.js";
 
@@ -98,7 +98,7 @@ export function gupService(d: ServiceDeps): GupServiceServer {
   const k = d.kernel;
   registerGupResources(d);
   return {
-    pinUserPages: unary<PinUserPagesRequest, PinUserPagesResponse>(d, `${SVC}/PinUserPages`, "required", async (req, c) => {
+    pinUserPages: unary<PinUserPagesRequest, PinUserPagesResponse>(d, `${SVC}/PinUserPages`, "required", (req, c) => {
       const variant = VARIANTS[req.variant];
       if (variant === undefined) invalidArgument(`variant ${GupVariant[req.variant] ?? req.variant} is not a GupVariant`);
       const output = OUTPUTS[req.output];
@@ -112,28 +112,30 @@ export function gupService(d: ServiceDeps): GupServiceServer {
       const wantPages = req.wantPages ?? true;
       const gr: GupRequest = { variant, start: req.start, nrPages: req.nrPages, gupFlags: req.gupFlags, wantPages, output, session: c.sessionId };
       if (req.locked !== undefined) gr.locked = req.locked;
-      const r = await runModelOp(k, [req.mmId], "read", () => gupCall(k, liveMm(k, req.mmId), gr));
-      const ranges = output === "ranges" && r.ret > 0 ? batchRuns(r.ranges) : [];
-      const folioRuns =
-        output === "ranges" && req.wantFolioRuns && r.ret > 0 ? batchFolios(r.ranges).map((f) => ({ headPfn: f.head, pfn: f.pfn, count: f.count })) : [];
-      return {
-        ret: r.ret,
-        handle: r.handle,
-        ranges,
-        folioRuns,
-        pages: r.pages !== null ? Array.from(r.pages) : [],
-        refUpdates: r.refUpdates,
-        fastPinned: r.fastPinned,
-        warning: r.warning,
-      };
+      return thenMaybe(modelOp(k, [req.mmId], "read", () => gupCall(k, liveMm(k, req.mmId), gr)), (r): PinUserPagesResponse => {
+        const ranges = output === "ranges" && r.ret > 0 ? batchRuns(r.ranges) : [];
+        const folioRuns =
+          output === "ranges" && req.wantFolioRuns && r.ret > 0 ? batchFolios(r.ranges).map((f) => ({ headPfn: f.head, pfn: f.pfn, count: f.count })) : [];
+        return {
+          ret: r.ret,
+          handle: r.handle,
+          ranges,
+          folioRuns,
+          pages: r.pages !== null ? Array.from(r.pages) : [],
+          refUpdates: r.refUpdates,
+          fastPinned: r.fastPinned,
+          warning: r.warning,
+        };
+      });
     }),
 
-    unpinHandle: unary<UnpinHandleRequest, UnpinHandleResponse>(d, `${SVC}/UnpinHandle`, "required", async (req, c) => {
+    unpinHandle: unary<UnpinHandleRequest, UnpinHandleResponse>(d, `${SVC}/UnpinHandle`, "required", (req, c) => {
       objectId(req.handle, "handle");
       if (req.first !== undefined) u64(req.first, "first");
       if (req.count !== undefined) u64(req.count, "count");
-      const r = await runModelOp(k, [], "write", () => k.pins.releaseHandle(c.sessionId, req.handle, req.first, req.count, req.makeDirty));
-      return { released: counts(r) };
+      return thenMaybe(modelOp(k, [], "write", () => k.pins.releaseHandle(c.sessionId, req.handle, req.first, req.count, req.makeDirty)), (r) => ({
+        released: counts(r),
+      }));
     }),
 
     unpinUserPages: unary<UnpinUserPagesRequest, UnpinUserPagesResponse>(d, `${SVC}/UnpinUserPages`, "required", async (req, c) => {

@@ -16,7 +16,7 @@ import { invalidArgument, toStatus } from "./errors.js";
 import type { Registry } from "./registry.js";
 import type { Session, SessionManager } from "./session.js";
 
-export { runModelOp, runModelRead } from "./model-op.js";
+export { modelOp, runModelOp, runModelRead, thenMaybe } from "./model-op.js";
 
 /** What every service implementation gets. */
 export interface ServiceDeps {
@@ -127,40 +127,56 @@ export function unary<Req, Res>(
   fn: (req: Req, call: CallInfo) => Promise<Res> | Res,
 ): handleUnaryCall<Req, Res> {
   const probe = rpcProbe(d, method, "unary");
+  const answered = (session: Session | undefined, t0: number, res: Res, callback: (e: null, r: Res) => void): void => {
+    const ms = performance.now() - t0;
+    probe.handled(status.OK, ms / 1000);
+    const log = session?.log ?? d.log;
+    if (log.isLevelEnabled("debug")) log.debug({ method, ms: +ms.toFixed(3), code: "OK" }, "rpc");
+    callback(null, res);
+  };
+  const failed = (
+    session: Session | undefined,
+    t0: number,
+    refused: boolean,
+    err: unknown,
+    callback: (e: { code: status; details: string; metadata?: Metadata }) => void,
+  ): void => {
+    const ms = performance.now() - t0;
+    const st = toStatus(err);
+    probe.handled(st.code, ms / 1000);
+    const log = session?.log ?? d.log;
+    if (st.internal) log.error({ method, err }, "internal error");
+    if (refused || isKernelBug(st.details))
+      log.warn({ method, ms: +ms.toFixed(3), code: status[st.code], errno: st.errno, details: st.details }, "rpc refused");
+    else if (log.isLevelEnabled("debug"))
+      log.debug({ method, ms: +ms.toFixed(3), code: status[st.code], errno: st.errno, details: st.details }, "rpc");
+    callback({ code: st.code, details: st.details, metadata: st.metadata });
+  };
   return (call, callback) => {
     probe.started();
     const t0 = performance.now();
     let session: Session | undefined;
     // true until the request is decoded and its session resolved
     let refused = true;
-    const run = async (): Promise<Res> => {
+    let out: Promise<Res> | Res;
+    try {
       const req = checkDecoded<Req>(call.request as Req | DecodeFailure);
       if (need === "required") session = d.sessions.resolve(call.metadata);
       refused = false;
-      const info: CallInfo = { method, session, sessionId: session?.id ?? 0, metadata: call.metadata };
-      const p = (async () => fn(req, info))();
-      return session !== undefined ? d.sessions.track(session, p) : p;
-    };
-    run().then(
-      (res) => {
-        const ms = performance.now() - t0;
-        probe.handled(status.OK, ms / 1000);
-        const log = session?.log ?? d.log;
-        if (log.isLevelEnabled("debug")) log.debug({ method, ms: +ms.toFixed(3), code: "OK" }, "rpc");
-        callback(null, res);
-      },
-      (err: unknown) => {
-        const ms = performance.now() - t0;
-        const st = toStatus(err);
-        probe.handled(st.code, ms / 1000);
-        const log = session?.log ?? d.log;
-        if (st.internal) log.error({ method, err }, "internal error");
-        if (refused || isKernelBug(st.details))
-          log.warn({ method, ms: +ms.toFixed(3), code: status[st.code], errno: st.errno, details: st.details }, "rpc refused");
-        else if (log.isLevelEnabled("debug"))
-          log.debug({ method, ms: +ms.toFixed(3), code: status[st.code], errno: st.errno, details: st.details }, "rpc");
-        callback({ code: st.code, details: st.details, metadata: st.metadata });
-      },
+      out = fn(req, { method, session, sessionId: session?.id ?? 0, metadata: call.metadata });
+    } catch (err) {
+      failed(session, t0, refused, err, callback);
+      return;
+    }
+    // Fast path: fn answered synchronously (nothing left in flight to track).
+    if (!(out instanceof Promise)) {
+      answered(session, t0, out, callback);
+      return;
+    }
+    const p = session !== undefined ? d.sessions.track(session, out) : out;
+    p.then(
+      (res) => answered(session, t0, res, callback),
+      (err: unknown) => failed(session, t0, false, err, callback),
     );
   };
 }

@@ -37,6 +37,16 @@ class RwLock {
     else this.writer = true;
   }
 
+  /** Grantable right now (no waiter queued ahead, compatible with the holders). */
+  grantable(mode: LockMode): boolean {
+    return this.queue.length === 0 && this.compatible(mode);
+  }
+
+  /** Take the lock without waiting; only after `grantable(mode)`. */
+  takeNow(mode: LockMode): void {
+    this.take(mode);
+  }
+
   acquire(mode: LockMode): Promise<void> | null {
     if (this.queue.length === 0 && this.compatible(mode)) {
       this.take(mode);
@@ -88,6 +98,41 @@ export class MmLocks {
         if (l.idle) this.locks.delete(id);
       }
     };
+  }
+
+  /**
+   * The synchronous fast path of `acquire`: take every lock of `mmIds` now
+   * if each is grantable without waiting (the case in which `acquire` would
+   * take them all in its first synchronous step anyway), else take none.
+   * Returns the ids taken (ascending, without duplicates; release them with
+   * `releaseNow`), or null. Same FIFO / writer-preference semantics.
+   */
+  tryAcquire(mmIds: readonly number[], mode: LockMode): readonly number[] | null {
+    const ids = mmIds.length <= 1 ? mmIds : [...new Set(mmIds)].sort((a, b) => a - b);
+    for (let i = 0; i < ids.length; i++) {
+      const l = this.locks.get(ids[i]!);
+      if (l !== undefined && !l.grantable(mode)) return null;
+    }
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      let l = this.locks.get(id);
+      if (l === undefined) {
+        l = new RwLock();
+        this.locks.set(id, l);
+      }
+      l.takeNow(mode);
+    }
+    return ids;
+  }
+
+  /** Release locks taken by `tryAcquire` (in reverse order). */
+  releaseNow(ids: readonly number[], mode: LockMode): void {
+    for (let i = ids.length - 1; i >= 0; i--) {
+      const id = ids[i]!;
+      const l = this.locks.get(id)!;
+      l.release(mode);
+      if (l.idle) this.locks.delete(id);
+    }
   }
 
   /** Run `fn` with the locks held. */

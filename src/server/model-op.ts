@@ -73,12 +73,32 @@ async function settlePending(op: OpContext): Promise<void> {
 export async function runModelOp<T>(k: Kernel, mmIds: readonly number[], mode: LockMode, fn: () => T): Promise<T> {
   const ops = modelOps(k);
   const release = await ops.locks.acquire(mmIds, mode);
+  return runLocked(k, ops, fn, release);
+}
+
+/**
+ * `runModelOp` with a synchronous fast path: when every lock of `mmIds` can
+ * be granted without waiting and the operation leaves nothing pending, the
+ * lock is taken, fn runs, finishOp and the after-op hooks run and the lock
+ * is released within this call, which returns (or throws) fn's result
+ * directly. Otherwise it returns a promise, exactly as `runModelOp`.
+ */
+export function modelOp<T>(k: Kernel, mmIds: readonly number[], mode: LockMode, fn: () => T): T | Promise<T> {
+  const ops = modelOps(k);
+  const ids = ops.locks.tryAcquire(mmIds, mode);
+  if (ids === null) return runModelOp(k, mmIds, mode, fn);
+  return runLocked(k, ops, fn, () => ops.locks.releaseNow(ids, mode));
+}
+
+/** The operation once its locks are held; `release` runs exactly once, at its end. */
+function runLocked<T>(k: Kernel, ops: ModelOps, fn: () => T, release: () => void): T | Promise<T> {
+  let op: OpContext;
+  let result: T | undefined;
+  let error: unknown;
+  let failed = false;
   try {
     if (k.op !== null) throw new Error("runModelOp: another model operation is running synchronously (nested call)");
-    const op = new OpContext();
-    let result: T | undefined;
-    let error: unknown;
-    let failed = false;
+    op = new OpContext();
     k.op = op;
     try {
       result = fn();
@@ -88,13 +108,36 @@ export async function runModelOp<T>(k: Kernel, mmIds: readonly number[], mode: L
     } finally {
       k.op = null;
     }
-    if (op.pending.length > 0) {
-      ops.enterAwait();
-      try {
-        await settlePending(op);
-      } finally {
-        ops.leaveAwait();
-      }
+  } catch (e) {
+    release();
+    throw e;
+  }
+  if (op.pending.length > 0) return finishLater(k, ops, op, failed, error, result, release);
+  try {
+    k.finishOp(op);
+    for (const hook of ops.afterOp) hook();
+  } finally {
+    release();
+  }
+  if (failed) throw error;
+  return result as T;
+}
+
+async function finishLater<T>(
+  k: Kernel,
+  ops: ModelOps,
+  op: OpContext,
+  failed: boolean,
+  error: unknown,
+  result: T | undefined,
+  release: () => void,
+): Promise<T> {
+  try {
+    ops.enterAwait();
+    try {
+      await settlePending(op);
+    } finally {
+      ops.leaveAwait();
     }
     k.finishOp(op);
     for (const hook of ops.afterOp) hook();
@@ -103,6 +146,11 @@ export async function runModelOp<T>(k: Kernel, mmIds: readonly number[], mode: L
   } finally {
     release();
   }
+}
+
+/** Apply `f` to a value that may still be pending, without a tick when it is not. */
+export function thenMaybe<T, U>(v: T | Promise<T>, f: (t: T) => U): U | Promise<U> {
+  return v instanceof Promise ? v.then(f) : f(v);
 }
 
 /** Run a read-only model call under read locks of `mmIds` (no OpContext). */

@@ -287,11 +287,35 @@ export class SessionManager {
    * UNAUTHENTICATED (ESRCH).
    */
   resolve(md: Metadata): Session {
-    const id = parseSessionHeader(md);
+    const id = sessionHeaderId(md);
     const s = this.get(id);
     if (s === undefined) throw new StatusError(status.UNAUTHENTICATED, ERRNO.ESRCH, `session ${id} does not exist or has ended`);
     return s;
   }
+}
+
+/** Well-formed header strings already parsed (bounded; cleared when full). */
+const headerIds = new Map<string, number>();
+const HEADER_CACHE_MAX = 4096;
+
+/**
+ * `parseSessionHeader` with a cache of the common case: one string value
+ * seen before (no per-call trim, regex or array mapping).
+ */
+function sessionHeaderId(md: Metadata): number {
+  const raw = md.get(SESSION_HEADER);
+  if (raw.length === 1) {
+    const v = raw[0];
+    if (typeof v === "string") {
+      const hit = headerIds.get(v);
+      if (hit !== undefined) return hit;
+      const n = parseSessionHeader(md);
+      if (headerIds.size >= HEADER_CACHE_MAX) headerIds.clear();
+      headerIds.set(v, n);
+      return n;
+    }
+  }
+  return parseSessionHeader(md);
 }
 
 /** Parse `mmsim-session: <decimal id>`; throws UNAUTHENTICATED (EINVAL). */

@@ -181,3 +181,15 @@ describe.skipIf(noHmm !== null)(`W11 counts${noHmm === null ? "" : ` (skipped: $
     expect(runs.length).toBeLessThanOrEqual(512);
   });
 });
+
+describe("W10: invalidation messages", () => {
+  it("messages per invalidation = intersecting notifiers, each with the whole [start, end)", async () => {
+    const { w10Setup, w10Invalidate, W10_K } = await import("../../bench/workloads/w10.js");
+    for (const n of [10, 10_000]) {
+      const s = w10Setup(n);
+      expect(w10Invalidate(s)).toBe(W10_K);
+      expect(s.messages).toHaveLength(W10_K);
+      for (const m of s.messages) expect([m.start, m.end]).toEqual([s.range.start, s.range.end]);
+    }
+  });
+});

@@ -11,7 +11,7 @@ import { DeviceMapping, FileKind } from "../../src/gen/mmsim/v1/address_space.js
 import { InsertMode } from "../../src/gen/mmsim/v1/device.js";
 import { FaultAccess } from "../../src/gen/mmsim/v1/fault.js";
 import { MemoryType } from "../../src/gen/mmsim/v1/common.js";
-import { ThpEnabled } from "../../src/gen/mmsim/v1/system.js";
+import { PinAccounting, ThpEnabled } from "../../src/gen/mmsim/v1/system.js";
 import { sessionMetadata, startDaemon, type Clients, type TestDaemon } from "../helpers/daemon.js";
 import { expectErrno } from "../helpers/errors.js";
 
@@ -138,7 +138,7 @@ describe("error statuses", () => {
 
   it("SetTunables with an invalid value changes nothing", async () => {
     const before = (await t.clients.system.getTunables({})).tunables;
-    expect(before).toEqual({ thpEnabled: ThpEnabled.THP_ENABLED_ALWAYS, thpUseZeroPage: true, maxMapCount: 65530, memlockLimitBytes: 8388608, memlockUnlimited: true });
+    expect(before).toEqual({ thpEnabled: ThpEnabled.THP_ENABLED_ALWAYS, thpUseZeroPage: true, maxMapCount: 65530, memlockLimitBytes: 8388608, memlockUnlimited: true, pinAccounting: PinAccounting.PIN_ACCOUNTING_CURRENT });
     await expectErrno(c.system.setTunables({ thpEnabled: ThpEnabled.THP_ENABLED_UNSPECIFIED, maxMapCount: 10 }), "EINVAL", status.INVALID_ARGUMENT);
     await expectErrno(c.system.setTunables({ maxMapCount: 0 }), "EINVAL", status.INVALID_ARGUMENT);
     await expectErrno(c.system.setTunables({ memlockLimitBytes: 4096, memlockUnlimited: true }), "EINVAL", status.INVALID_ARGUMENT);
