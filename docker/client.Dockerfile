@@ -10,10 +10,10 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc \
  && rm -rf /var/lib/apt/lists/*
-WORKDIR /work
+WORKDIR /client
 COPY proto ./proto
 COPY examples/python ./examples/python
-RUN useradd -m -u 1000 client && chown -R client /work/examples/python
+RUN useradd -m -u 1000 client && chown -R client /client/examples/python
 USER client
 ENTRYPOINT ["/usr/bin/python3", "examples/python/driver.py"]
 CMD ["--addr", "127.0.0.1:50051"]
