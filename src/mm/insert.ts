@@ -104,8 +104,7 @@ export function insertPfnRange(k: Kernel, mm: Mm, req: InsertRequest): InsertRes
   if (kind === VM_MIXEDMAP && mode !== "remap") {
     // vmf_insert_pfn into VM_MIXEDMAP must not get a pfn with a struct page
     // (drivers use vmf_insert_mixed / vm_insert_page for those).
-    for (let q = pfn; q < pfn + n; q++)
-      if (k.phys.pfnValid(q)) kernelBug("vmf_insert_pfn", `VM_MIXEDMAP given PFN ${q}, which has a struct page`);
+    if (k.phys.anyPfnValid(pfn, n)) kernelBug("vmf_insert_pfn", `VM_MIXEDMAP given a PFN in [${pfn}, ${pfn + n}) that has a struct page`);
   }
   const end = addr + n * PAGE_SIZE;
   if (end > vma.end) {

@@ -274,6 +274,18 @@ export class PhysMem {
     return s !== undefined && s.pagemap !== null && pfn >= s.pagemap.startPfn && pfn < s.pagemap.endPfn;
   }
 
+  /** Does any PFN of [pfn, pfn+n) have a struct page? Per section, not per page. */
+  anyPfnValid(pfn: number, n: number): boolean {
+    if (n <= 0) return false;
+    if (pfn < this.ramPages) return true;
+    const last = pfn + n - 1;
+    for (let sidx = pfn >>> SECTION_SHIFT; sidx <= last >>> SECTION_SHIFT; sidx++) {
+      const pm = this.sections[sidx]?.pagemap;
+      if (pm != null && pm.startPfn <= last && pm.endPfn > pfn) return true;
+    }
+    return false;
+  }
+
   sectionsAllocated(): number {
     let n = 0;
     for (const s of this.sections) if (s !== undefined) n++;

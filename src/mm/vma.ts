@@ -25,56 +25,65 @@ export enum FileKind {
   FSDAX = 4, // a DAX file: pages are MEMORY_DEVICE_FS_DAX
 }
 
-/** Page cache index -> PFN, in 512-entry chunks (pfn + 1; 0 = none). */
+/**
+ * Page cache: file page index -> PFN. One slot per folio (as the kernel's
+ * multi-index xarray entries): a 1 GiB hugetlb folio is one slot, not
+ * 262,144. Slots live in 512-entry chunks and hold the head PFN + 1
+ * (0 = none). `order` is the file's folio order; ranges are folio aligned.
+ */
 export class PageCache {
   private readonly chunks = new Map<number, Uint32Array>();
+  /** pages cached (not slots) */
   pages = 0;
+  constructor(readonly order: number) {}
+
   get(index: number): number {
-    const c = this.chunks.get(Math.floor(index / 512));
+    const slot = Math.floor(index / 2 ** this.order);
+    const c = this.chunks.get(Math.floor(slot / 512));
     if (c === undefined) return -1;
-    return c[index % 512]! - 1;
+    const v = c[slot % 512]!;
+    return v === 0 ? -1 : v - 1 + (index - slot * 2 ** this.order);
   }
-  /** Record `n` consecutive pages starting at `index` -> `pfn`. */
+
+  /** Record the folios of `n` pages from `index` (folio aligned) at `pfn`. */
   setRange(index: number, pfn: number, n: number): void {
-    for (let k = 0; k < n; ) {
-      const ci = Math.floor((index + k) / 512);
+    const size = 2 ** this.order;
+    for (let k = 0; k < n; k += size) {
+      const slot = (index + k) / size;
+      const ci = Math.floor(slot / 512);
       let c = this.chunks.get(ci);
       if (c === undefined) {
         c = new Uint32Array(512);
         this.chunks.set(ci, c);
       }
-      const off = (index + k) % 512;
-      const m = Math.min(512 - off, n - k);
-      for (let j = 0; j < m; j++) {
-        if (c[off + j] === 0) this.pages++;
-        c[off + j] = pfn + k + j + 1;
-      }
-      k += m;
+      if (c[slot % 512] === 0) this.pages += size;
+      c[slot % 512] = pfn + k + 1;
     }
   }
+
   clearRange(index: number, n: number): void {
-    for (let k = 0; k < n; ) {
-      const ci = Math.floor((index + k) / 512);
-      const off = (index + k) % 512;
-      const m = Math.min(512 - off, n - k);
+    const size = 2 ** this.order;
+    for (let k = 0; k < n; k += size) {
+      const slot = (index + k) / size;
+      const ci = Math.floor(slot / 512);
       const c = this.chunks.get(ci);
-      if (c !== undefined) {
-        for (let j = 0; j < m; j++) if (c[off + j] !== 0) this.pages--;
-        c.fill(0, off, off + m);
-        if (c.every((v) => v === 0)) this.chunks.delete(ci);
-      }
-      k += m;
+      if (c === undefined || c[slot % 512] === 0) continue;
+      c[slot % 512] = 0;
+      this.pages -= size;
+      if (c.every((v) => v === 0)) this.chunks.delete(ci);
     }
   }
+
   /** Each distinct folio head cached in [from, to) once, in index order. */
   *folios(from: number, to: number, headOf: (pfn: number) => number): Generator<[number, number]> {
+    const size = 2 ** this.order;
     let last = -1;
     const keys = [...this.chunks.keys()].sort((a, b) => a - b);
     for (const ci of keys) {
       const c = this.chunks.get(ci)!;
       for (let j = 0; j < 512; j++) {
-        const idx = ci * 512 + j;
-        if (idx < from || idx >= to || c[j] === 0) continue;
+        const idx = (ci * 512 + j) * size;
+        if (idx + size <= from || idx >= to || c[j] === 0) continue;
         const head = headOf(c[j]! - 1);
         if (head !== last) {
           last = head;
@@ -86,7 +95,7 @@ export class PageCache {
 }
 
 export class FileObject {
-  readonly cache = new PageCache();
+  readonly cache: PageCache;
   /** VMAs mapping this file (for rmap walks). */
   readonly vmas = new Set<Vma>();
   /** Open references: the creator's handle plus each mapping. */
@@ -103,7 +112,9 @@ export class FileObject {
     readonly ownerSession: number,
     /** pagemap providing the pages of an fsdax file. */
     readonly daxPagemap: number = 0,
-  ) {}
+  ) {
+    this.cache = new PageCache(folioOrder);
+  }
   get needsDirtyTracking(): boolean {
     return this.kind === FileKind.DIRTY_TRACKED;
   }

@@ -276,3 +276,19 @@ describe("lazy struct pages and page data", () => {
     expectClean(k);
   });
 });
+
+describe("pfn_valid over ranges", () => {
+  it("anyPfnValid: RAM and pagemap PFNs have struct pages, MMIO ranges and gaps do not", () => {
+    const k = mkKernel();
+    const pm = k.phys.registerPagemap("dev", MemoryType.DEVICE_PRIVATE, 1024, 7);
+    const bar = k.phys.registerPfnRange("bar", 4096, 0);
+    expect(k.phys.anyPfnValid(0, 1)).toBe(true);
+    expect(k.phys.anyPfnValid(k.phys.ramPages - 1, 10)).toBe(true);
+    expect(k.phys.anyPfnValid(k.phys.ramPages, pm.startPfn - k.phys.ramPages)).toBe(false);
+    expect(k.phys.anyPfnValid(pm.startPfn - 5, 6)).toBe(true);
+    expect(k.phys.anyPfnValid(pm.endPfn, 100)).toBe(false);
+    expect(k.phys.anyPfnValid(bar.startPfn, bar.nrPages)).toBe(false);
+    expect(k.phys.anyPfnValid(bar.startPfn, 0)).toBe(false);
+    expectClean(k);
+  });
+});
