@@ -836,7 +836,9 @@ function lazyFreeRange(k: Kernel, mm: Mm, v: Vma, s: number, e: number): void {
     if (level === Level.PMD && isPresentLeaf(hi) && hi & E_LEAF) {
       const base = a - (a % PMD_SIZE);
       if (base < s || base + PMD_SIZE > e) {
-        splitHugePmd(k, mm, v, a);
+        // MADV_FREE is advisory: a PMD that cannot be split stays as it is.
+        if (splitHugePmd(k, mm, v, a)) continue;
+        a = base + PMD_SIZE;
         continue;
       }
       if (!(hi & E_SPECIAL) && p.mapcount(lo) === 1) {
@@ -975,7 +977,7 @@ function copyPageRange(k: Kernel, src: Mm, dst: Mm, sv: Vma, dv: Vma, cow: boole
             continue;
           }
           // A pinned exclusive THP: split the parent's PMD, copy at PTE level.
-          splitHugePmd(k, src, sv, base);
+          if (!splitHugePmd(k, src, sv, base)) fail(Errno.ENOMEM, "no memory to split a pinned huge PMD at fork");
           continue;
         }
         p.setFlagsRange(head, pages, PG_anon_exclusive, false);
