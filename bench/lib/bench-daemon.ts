@@ -26,7 +26,7 @@ const config: DaemonConfig = {
 // port, so that several bench daemons and test daemons can run at once.
 Object.assign(config, { metricsListen: "127.0.0.1:0" });
 const daemon = await createServer(config);
-const impl = benchImplementations();
+const impl = benchImplementations(daemon.kernel);
 daemon.server.addService(NOOP_SERVICE, impl.noop);
 daemon.server.addService(BENCH_SERVICE, impl.bench);
 process.stdout.write(`${JSON.stringify({ address: daemon.address, pid: process.pid })}\n`);

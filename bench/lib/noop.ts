@@ -5,7 +5,10 @@
  *
  *   NoopService/Unary      replies with a preset buffer (Configure sets its size)
  *   NoopService/Stream     request JSON {count, bytes}: `count` messages of `bytes`
- *   BenchService/Configure request JSON {unaryReplyBytes}
+ *   BenchService/Configure request JSON {unaryReplyBytes?, recordInvalidations?}
+ *   BenchService/InvalidationTimes  JSON {ids, ns}: the client-mirror invalidations
+ *                          started since recording was turned on (or since the
+ *                          last call), with process.hrtime (CLOCK_MONOTONIC) in ns
  *   BenchService/Memory    request JSON {gc}: full GC first if asked (needs --expose-gc),
  *                          then process.memoryUsage() and process.cpuUsage() as JSON
  */
@@ -16,7 +19,10 @@ import {
   makeGenericClientConstructor,
   type ServiceDefinition,
   type UntypedServiceImplementation,
+  status,
 } from "@grpc/grpc-js";
+import type { Kernel } from "../../src/mm/kernel.js";
+import { notifierHubOf } from "../../src/server/notifier-service.js";
 
 const id = (b: Buffer): Buffer => b;
 
@@ -32,13 +38,16 @@ function method(path: string, responseStream: boolean) {
   };
 }
 
+export const NOOP_UNARY_PATH = "/mmsim.bench.v1.NoopService/Unary";
+
 export const NOOP_SERVICE = {
-  unary: method("/mmsim.bench.v1.NoopService/Unary", false),
+  unary: method(NOOP_UNARY_PATH, false),
   stream: method("/mmsim.bench.v1.NoopService/Stream", true),
 } satisfies ServiceDefinition;
 
 export const BENCH_SERVICE = {
   configure: method("/mmsim.bench.v1.BenchService/Configure", false),
+  invalidationTimes: method("/mmsim.bench.v1.BenchService/InvalidationTimes", false),
   memory: method("/mmsim.bench.v1.BenchService/Memory", false),
 } satisfies ServiceDefinition;
 
@@ -61,9 +70,15 @@ function json(b: Buffer): Record<string, unknown> {
   return b.length === 0 ? {} : (JSON.parse(b.toString("utf8")) as Record<string, unknown>);
 }
 
-/** The server side of both services. */
-export function benchImplementations(): { noop: UntypedServiceImplementation; bench: UntypedServiceImplementation } {
+/** The server side of both services (`kernel`: the daemon's, for InvalidationTimes). */
+export function benchImplementations(kernel?: Kernel): { noop: UntypedServiceImplementation; bench: UntypedServiceImplementation } {
   let reply = Buffer.alloc(0);
+  let ids: number[] = [];
+  let ns: number[] = [];
+  const record = (_mirror: number, id: number): void => {
+    ids.push(id);
+    ns.push(Number(process.hrtime.bigint()));
+  };
   const unary: handleUnaryCall<Buffer, Buffer> = (_call, cb) => cb(null, reply);
   const stream: handleServerStreamingCall<Buffer, Buffer> = (call) => {
     const { count = 0, bytes = 0 } = json(call.request) as { count?: number; bytes?: number };
@@ -82,9 +97,22 @@ export function benchImplementations(): { noop: UntypedServiceImplementation; be
     pump();
   };
   const configure: handleUnaryCall<Buffer, Buffer> = (call, cb) => {
-    const { unaryReplyBytes } = json(call.request) as { unaryReplyBytes?: number };
+    const { unaryReplyBytes, recordInvalidations } = json(call.request) as { unaryReplyBytes?: number; recordInvalidations?: boolean };
     if (typeof unaryReplyBytes === "number") reply = Buffer.alloc(unaryReplyBytes, 0x08);
+    if (typeof recordInvalidations === "boolean") {
+      const hub = kernel !== undefined ? notifierHubOf(kernel) : undefined;
+      if (hub === undefined) return cb({ code: status.FAILED_PRECONDITION, details: "no notifier hub" });
+      hub.onQueued = recordInvalidations ? record : null;
+      ids = [];
+      ns = [];
+    }
     cb(null, Buffer.alloc(0));
+  };
+  const invalidationTimes: handleUnaryCall<Buffer, Buffer> = (_call, cb) => {
+    const out = Buffer.from(JSON.stringify({ ids, ns }));
+    ids = [];
+    ns = [];
+    cb(null, out);
   };
   const memory: handleUnaryCall<Buffer, Buffer> = (call, cb) => {
     const gc = (globalThis as { gc?: () => void }).gc;
@@ -106,7 +134,7 @@ export function benchImplementations(): { noop: UntypedServiceImplementation; be
     };
     cb(null, Buffer.from(JSON.stringify(r)));
   };
-  return { noop: { unary, stream }, bench: { configure, memory } };
+  return { noop: { unary, stream }, bench: { configure, invalidationTimes, memory } };
 }
 
 export type RawClient = Client & Record<string, (...a: unknown[]) => unknown>;

@@ -91,7 +91,7 @@ const {
 } = C;
 const { copyPageData, handleMmFault, splitHugePmd, vmFaultToErrno } = F;
 const { E_DIRTY, E_PRESENT, E_PROTNONE, E_SPECIAL, E_TABLE, E_UFFD_WP, E_USER, E_WRITE, E_YOUNG, isPresentLeaf, walk } = PT;
-const { batchAddPfnNum, batchAddSamePfn, batchAddSmallPfns, batchInit, batchTruncate } = B;
+const { batchAddPfnNum, batchAddSamePfn, batchAddSmallPfns, batchInit, batchReserveSegments, batchTruncate } = B;
 const {
   PG_anon,
   PG_anon_exclusive,
@@ -358,6 +358,8 @@ export interface GupRequest {
   session: number;
   /** `*locked` of the _remote variants; undefined = NULL */
   locked?: number;
+  /** record folio segments in `ranges` (default true); false: merged runs only */
+  folioSegments?: boolean;
 }
 
 export interface GupResult {
@@ -512,6 +514,8 @@ class GupCollector {
   skip = 1;
   fastPinned = 0;
   readonly wantPages: boolean;
+  /** pages the call asks for (sizes the run arrays when they fill up) */
+  private readonly nrPages: number;
   private readonly outRanges: boolean;
   private readonly bias: boolean;
   /** runs below this index belong to an earlier mark: never extended */
@@ -524,7 +528,8 @@ class GupCollector {
   ) {
     this.wantPages = req.wantPages;
     this.outRanges = req.wantPages && req.output !== "none";
-    this.batch = batchInit(this.outRanges ? 16 : 1);
+    this.nrPages = req.nrPages;
+    this.batch = batchInit(this.outRanges ? 16 : 1, req.folioSegments ?? true);
     if (req.wantPages && req.output === "pages") this.pages = new Uint32Array(Math.min(Math.max(req.nrPages, 1), 1 << 16));
     if (req.wantPages) this.handle = k.pins.newHandle(req.session, mm.id);
     this.bias = k.tunables.pinAccounting === "bias-2019";
@@ -574,6 +579,63 @@ class GupCollector {
       if (same) this.pages.fill(pfn, idx, need);
       else for (let j = 0; j < n; j++) this.pages[idx + j] = pfn + j;
     }
+    return 0;
+  }
+
+  /**
+   * grab() of `n` pages of a large folio from a huge leaf, then (with
+   * `touch`) folio_mark_accessed: for a folio of order > 0 that is not the
+   * zero page, taken as FOLL_GET or FOLL_PIN under the current accounting,
+   * the same updates with one struct-page section lookup; anything else goes
+   * through grab(). 0 or -errno.
+   */
+  grabLarge(idx: number, pfn: number, head: number, n: number, flags: number, touch: boolean): number {
+    const k = this.k;
+    const p = k.phys;
+    const h = this.handle;
+    const kind = flags & (FOLL_GET | FOLL_PIN);
+    const s = p.section(head);
+    const i = head & SECTION_MASK;
+    if (h === null || this.bias || s === undefined || (kind !== FOLL_GET && kind !== FOLL_PIN) || head === p.zeroPfn || s.order[i] === 0) {
+      const e = this.grab(idx, pfn, head, n, false, flags);
+      if (e === 0 && touch) p.orFlags(head, PG_referenced);
+      return e;
+    }
+    const ref = s.refcount[i]!;
+    if (ref <= 0 || ref + n > REF_MAX) return -ENOMEM;
+    let rf = 0;
+    if (kind === FOLL_PIN) {
+      const pc = s.pincount[i]!;
+      if (pc + n > REF_MAX) return -ENOMEM;
+      s.pincount[i] = pc + n;
+      k.vmstat.nr_foll_pin_acquired += n;
+      rf = RUN_PIN | (flags & FOLL_LONGTERM ? RUN_LONGTERM : 0);
+    }
+    s.refcount[i] = ref + n;
+    p.stats.gupRefUpdates++;
+    if (h.nRuns === h.runPfn.length) {
+      // Full: make room at once for the rest of the call in folios like this one.
+      // (At most 4096 more at once; beyond that the arrays double as usual.)
+      const more = Math.min(Math.ceil(Math.max(0, this.nrPages - idx) / n) + 1, 4096);
+      h.reserve(Math.max(2 * h.nRuns, h.nRuns + more));
+      if (this.outRanges) batchReserveSegments(this.batch, this.batch.folioEnd + more);
+    }
+    h.push(pfn, n, head, idx, rf);
+    h.count(rf, n);
+    if (this.outRanges) batchAddPfnNum(this.batch, pfn, n, head);
+    if (this.pages !== null) {
+      const need = idx + n;
+      if (need > this.pages.length) {
+        let cap = this.pages.length * 2;
+        while (cap < need) cap *= 2;
+        const a = new Uint32Array(cap);
+        a.set(this.pages);
+        this.pages = a;
+      }
+      const a = this.pages;
+      for (let j = 0; j < n; j++) a[idx + j] = pfn + j;
+    }
+    if (touch) s.flags[i]! |= PG_referenced;
     return 0;
   }
 
@@ -726,7 +788,20 @@ function followPmdMask(c: GupCollector, vma: Vma, flags: number, t: number, addr
     if (nhi & E_TABLE) return followPageTable(c, vma, flags, pool.lo(t, i), addr, max, idx);
     return noPageTable(vma, flags, addr); // a special leaf was cleared
   }
-  return followHugeLeaf(c, vma, flags, LEVEL_PMD, t, i, addr, max, idx);
+  let done = followHugeLeaf(c, vma, flags, LEVEL_PMD, t, i, addr, max, idx);
+  // The PMD leaves that follow in the same table are taken in this step too
+  // (one walk per PMD table, not per leaf). The first entry that is not a
+  // present huge leaf, or that followHugeLeaf does not take, ends the step;
+  // the caller's next step walks to it again and handles it in full
+  // (followHugeLeaf's refusals leave nothing behind but idempotent touches).
+  for (let j = i + 1; done > 0 && done < max && j < PTRS_PER_TABLE; j++) {
+    const h = pool.hi(t, j);
+    if (h & E_TABLE || !(h & E_PRESENT) || (h & E_PROTNONE && !canFollowProtnone(vma, flags))) break;
+    const r = followHugeLeaf(c, vma, flags, LEVEL_PMD, t, j, addr + done * PAGE_SIZE, max - done, idx + done);
+    if (r <= 0) break;
+    done += r;
+  }
+  return done;
 }
 
 /**
@@ -756,12 +831,10 @@ function followHugeLeaf(c: GupCollector, vma: Vma, flags: number, level: Level, 
   if (hi & E_PROTNONE && !canFollowProtnone(vma, flags)) return 0;
   if (!(hi & E_WRITE) && gupMustUnshare(k, vma, flags, head)) return -EMLINK;
   if (p2pdmaRefused(p, head, flags)) return -EREMOTEIO;
-  const e = c.grab(idx, lo + off, head, n, false, flags);
+  const touch = (flags & FOLL_TOUCH) !== 0;
+  const e = c.grabLarge(idx, lo + off, head, n, flags, touch); // with folio_mark_accessed
   if (e !== 0) return e;
-  if (flags & FOLL_TOUCH) {
-    pool.setBits(t, i, touched); // touch_pmd / touch_pud
-    p.orFlags(head, PG_referenced);
-  }
+  if (touch) pool.setBits(t, i, touched); // touch_pmd / touch_pud
   return n;
 }
 

@@ -30,8 +30,11 @@ export class PfnBatch {
   folioEnd = 0;
   /** pages in the batch */
   totalPfns = 0;
+  /** false: folio segments are not recorded (folioEnd stays 0) */
+  readonly segments: boolean;
 
-  constructor(capacity = 8) {
+  constructor(capacity = 8, segments = true) {
+    this.segments = segments;
     const c = Math.max(1, capacity);
     this.pfns = new Uint32Array(c);
     this.npfns = new Uint32Array(c);
@@ -41,14 +44,23 @@ export class PfnBatch {
   }
 }
 
-export function batchInit(capacity = 8): PfnBatch {
-  return new PfnBatch(capacity);
+/** A batch; `segments` false: merged runs only, no folio segments (cheaper). */
+export function batchInit(capacity = 8, segments = true): PfnBatch {
+  return new PfnBatch(capacity, segments);
 }
 
 export function batchClear(b: PfnBatch): void {
   b.end = 0;
   b.folioEnd = 0;
   b.totalPfns = 0;
+}
+
+/** Make room for at least `capacity` folio segments (no-op without segments). */
+export function batchReserveSegments(b: PfnBatch, capacity: number): void {
+  if (!b.segments || capacity <= b.folioPfns.length) return;
+  b.folioPfns = growTo(b.folioPfns, capacity);
+  b.folioNpfns = growTo(b.folioNpfns, capacity);
+  b.folioHeads = growTo(b.folioHeads, capacity);
 }
 
 function grow(a: Uint32Array): Uint32Array {
@@ -81,6 +93,7 @@ function addOne(b: PfnBatch, pfn: number, n: number, head: number): void {
     b.npfns[b.end] = n;
     b.end++;
   }
+  if (!b.segments) return;
   const f = b.folioEnd - 1;
   if (f >= 0 && b.folioHeads[f] === head && b.folioPfns[f]! + b.folioNpfns[f]! === pfn && b.folioNpfns[f]! + n <= U32_MAX) {
     b.folioNpfns[f]! += n;
@@ -119,6 +132,7 @@ export function batchAddSmallPfns(b: PfnBatch, pfn: number, n: number): void {
     b.npfns[b.end] = n;
     b.end++;
   }
+  if (!b.segments) return;
   // A segment never continues across order-0 folios (each is its own head).
   const need = b.folioEnd + n;
   if (need > b.folioPfns.length) {

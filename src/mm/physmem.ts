@@ -539,7 +539,8 @@ export class PhysMem {
     const s = this.sections[pfn >>> SECTION_SHIFT];
     if (s === undefined) return pfn;
     const o = s.order[pfn & SECTION_MASK]!;
-    return o === 0 ? pfn : pfn - (pfn % 2 ** o);
+    // orders stay below 31: the mask is a small non-negative int32
+    return o === 0 ? pfn : pfn - (pfn & ((1 << o) - 1));
   }
 
   folioNrPages(head: number): number {

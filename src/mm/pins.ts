@@ -85,7 +85,15 @@ export class PinHandle implements Counters {
   constructor(
     readonly session: number,
     readonly mmId: number,
-  ) {}
+    capacity = 8,
+  ) {
+    if (capacity > 8) this.resize(capacity);
+  }
+
+  /** Make room for at least `capacity` runs in all. */
+  reserve(capacity: number): void {
+    if (capacity > this.runPfn.length) this.resize(capacity);
+  }
 
   /** Append a run (no counter change); returns its index. */
   push(pfn: number, count: number, head: number, idx: number, flags: number): number {
@@ -105,20 +113,32 @@ export class PinHandle implements Counters {
   }
 
   private grow(): void {
-    const c = this.runPfn.length * 2;
-    this.runPfn = growU32(this.runPfn, c);
-    this.runCount = growU32(this.runCount, c);
-    this.runHead = growU32(this.runHead, c);
-    const idx = new Float64Array(c);
-    idx.set(this.runIdx);
+    this.resize(this.runPfn.length * 2);
+  }
+
+  /** Move the runs to arrays of `c` entries, sharing one backing store. */
+  private resize(c: number): void {
+    const buf = new ArrayBuffer(21 * c);
+    const idx = new Float64Array(buf, 0, c);
+    const pfn = new Uint32Array(buf, 8 * c, c);
+    const count = new Uint32Array(buf, 12 * c, c);
+    const head = new Uint32Array(buf, 16 * c, c);
+    const fl = new Uint8Array(buf, 20 * c, c);
+    const n = this.nRuns;
+    idx.set(this.runIdx.subarray(0, n));
+    pfn.set(this.runPfn.subarray(0, n));
+    count.set(this.runCount.subarray(0, n));
+    head.set(this.runHead.subarray(0, n));
+    fl.set(this.runFlags.subarray(0, n));
     this.runIdx = idx;
-    const fl = new Uint8Array(c);
-    fl.set(this.runFlags);
+    this.runPfn = pfn;
+    this.runCount = count;
+    this.runHead = head;
     this.runFlags = fl;
   }
 }
 
-class SessionPins implements Counters {
+export class SessionPins implements Counters {
   readonly handles = new Set<PinHandle>();
   livePages = 0;
   pins = 0;
@@ -268,8 +288,9 @@ export class PinRegistry {
   // ------------------------------------------------------------ handles
 
   /** A handle for a GUP call in progress (not registered until commit). */
-  newHandle(session: number, mmId: number): PinHandle {
-    return new PinHandle(session, mmId);
+  /** A handle for one call; `capacity`: the runs expected (arrays grow beyond it). */
+  newHandle(session: number, mmId: number, capacity = 8): PinHandle {
+    return new PinHandle(session, mmId, capacity);
   }
 
   /**

@@ -15,7 +15,7 @@
 import { batchFolios, batchRuns } from "../mm/pfn-batch.js";
 import { gupCall, type GupRequest, type GupVariant as MmGupVariant } from "../mm/gup.js";
 import type { ReleaseResult } from "../mm/pins.js";
-import { RUN_LONGTERM, RUN_NOOP, RUN_PIN } from "../mm/pins.js";
+import { RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME } from "../mm/pins.js";
 import {
   type GetPinStatsRequest,
   type GetPinStatsResponse,
@@ -110,7 +110,16 @@ export function gupService(d: ServiceDeps): GupServiceServer {
       if (output === "pages" && req.nrPages > MAX_PAGE_ARRAY_PAGES)
         invalidArgument(`GUP_OUTPUT_PAGE_ARRAY of ${req.nrPages} pages exceeds ${MAX_PAGE_ARRAY_PAGES}; use GUP_OUTPUT_RANGES`);
       const wantPages = req.wantPages ?? true;
-      const gr: GupRequest = { variant, start: req.start, nrPages: req.nrPages, gupFlags: req.gupFlags, wantPages, output, session: c.sessionId };
+      const gr: GupRequest = {
+        variant,
+        start: req.start,
+        nrPages: req.nrPages,
+        gupFlags: req.gupFlags,
+        wantPages,
+        output,
+        session: c.sessionId,
+        folioSegments: output === "ranges" && req.wantFolioRuns,
+      };
       if (req.locked !== undefined) gr.locked = req.locked;
       return thenMaybe(modelOp(k, [req.mmId], "read", () => gupCall(k, liveMm(k, req.mmId), gr)), (r): PinUserPagesResponse => {
         const ranges = output === "ranges" && r.ret > 0 ? batchRuns(r.ranges) : [];
@@ -188,7 +197,8 @@ export function gupService(d: ServiceDeps): GupServiceServer {
                   index: r.idx,
                   pin: (r.flags & RUN_PIN) !== 0,
                   longterm: (r.flags & RUN_LONGTERM) !== 0,
-                  zeroPage: (r.flags & RUN_NOOP) !== 0,
+                  // RUN_SAME: FOLL_GET references to the zero page, `count` of the one PFN
+                  zeroPage: (r.flags & (RUN_NOOP | RUN_SAME)) !== 0,
                 }))
               : [],
           });

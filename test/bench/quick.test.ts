@@ -13,7 +13,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import type { BenchReport } from "../../bench/run.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const SUBSET = ["W1", "W6", "W8", "W11", "MEM"];
+const SUBSET = ["W1", "W6", "W8", "W10", "W11", "MEM"];
 
 function runQuick(out: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -67,6 +67,10 @@ describe("bench --quick", () => {
     expect(rows.get("W6 PTE leaf writes (reference)")?.figure).toBe(8_388_608);
     const faults = rows.get("W8 page faults taken");
     expect(faults?.figure).toBe(faults?.reference);
+    // W10 (c): every MADV_DONTNEED RPC sent one invalidation per VMA to the mirror.
+    const events = rows.get("W10 (c) invalidations received");
+    expect(events?.figure).toBeGreaterThan(0);
+    expect(events?.figure).toBe(events?.reference);
     if (rep.workloads.find((w) => w.id === "W1")?.status === "ok") {
       expect(rows.get("W1 refcount/pincount updates")?.figure).toBe(512);
       expect(rows.get("W1 refcount/pincount updates")?.counts?.referenceUpdates).toBe(262_144);
