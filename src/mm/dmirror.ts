@@ -114,13 +114,13 @@ export const enum MirrorTag {
 
 const FANOUT = 512;
 
-class MirrorLeaf {
+export class MirrorLeaf {
   readonly pfn = new Uint32Array(FANOUT);
   readonly tag = new Uint8Array(FANOUT);
   count = 0;
 }
 
-class MirrorDir {
+export class MirrorDir {
   /** child index + 1 (leaves at the lowest directory level); 0 = none */
   readonly child = new Int32Array(FANOUT);
   count = 0;
@@ -344,6 +344,11 @@ export class DmirrorDevice {
     return this.isPrivate ? MIGRATE_VMA_SELECT_DEVICE_PRIVATE : MIGRATE_VMA_SELECT_DEVICE_COHERENT;
   }
 
+  /** The dev_pagemap_ops of every chunk (after a snapshot restore: closures are not saved). */
+  reinstallPagemapOps(): void {
+    for (const c of this.chunks) setPagemapOps(this.k, c.pm.id, { migrateToRam: (k, _mm, vma, addr, pfn) => this.migrateToRam(k, vma, addr, pfn) });
+  }
+
   /** dmirror_allocate_chunk: memremap_pages of one more chunk. */
   allocateChunk(): Chunk {
     sweepOrphanChunks(this.k);
@@ -453,7 +458,8 @@ export class Dmirror implements IntervalOps {
     if (range.event === MmuNotifyEvent.MIGRATE && range.owner === this.device.owner) return true;
     if (!range.blockable && (this.lockHeld || this.k.inject.fail("mirror_ack"))) return false;
     sub.seq = curSeq;
-    this.pt.clearRange(Math.floor(range.start / PAGE_SIZE), Math.floor(Math.min(range.end, RANGE_END_ALL) / PAGE_SIZE));
+    // dmirror_do_update: pages [start, end), end exclusive (clearRange takes the last page).
+    this.pt.clearRange(Math.floor(range.start / PAGE_SIZE), Math.ceil(Math.min(range.end, RANGE_END_ALL) / PAGE_SIZE) - 1);
     return true;
   }
 
@@ -520,6 +526,22 @@ export function dmirrorState(k: Kernel): DmirrorState {
     k.extraChecks.push((add) => checkMirrors(k, st, add));
   }
   return s;
+}
+
+/** Snapshot support: the registry if it was ever created. */
+export function peekDmirrorState(k: Kernel): DmirrorState | undefined {
+  return dstates.get(k);
+}
+
+/**
+ * Snapshot restore: the restored registry's contents go into `k`'s
+ * registry (created, with its checks, as on first use) and every device's
+ * dev_pagemap_ops are installed again.
+ */
+export function adoptDmirrorState(k: Kernel, from: DmirrorState): void {
+  const st = dmirrorState(k);
+  Object.assign(st, from);
+  for (const dev of st.devices.values()) dev.reinstallPagemapOps();
 }
 
 /** Unmap the chunks of removed devices whose last page has been freed since. */

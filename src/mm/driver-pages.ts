@@ -62,6 +62,11 @@ export function driverPages(k: Kernel): DriverPages {
   return d;
 }
 
+/** Snapshot support: the kernel's DriverPages if it was ever created. */
+export function peekDriverPages(k: Kernel): DriverPages | undefined {
+  return byKernel.get(k);
+}
+
 /**
  * The driver allocates `n` pages of `pm` for `session` (each refcount 1,
  * the session's reference). All or nothing: -ENOMEM ("exhausted") when the

@@ -11,6 +11,8 @@
  *   migrate        folio migration (GUP LONGTERM, device) -ENOMEM / -EBUSY (pin), -EAGAIN (migrate_vma: page stays)
  *   devmem_alloc   PhysMem.allocDevicePage                NULL -> the driver's -ENOMEM / VM_FAULT_OOM
  *   mirror_ack     dmirror invalidate, non-blockable      false (mutex_trylock failed) -> -EAGAIN
+ *                  client mirror invalidate (per message)  non-blockable: refused -> -EAGAIN;
+ *                                                         blockable: answer lost -> dead-mirror deadline
  *
  * Modes per point (as the fault-attr knobs): fail the next N hits ("times"),
  * fail every Nth hit ("interval"), fail with probability p from a seeded
@@ -88,6 +90,13 @@ export class FaultInjector {
     this.phys.allocFailHook = () => this.fail("page_alloc");
     this.pt.allocFailHook = () => this.fail("pgtable_alloc");
     this.phys.deviceAllocFailHook = () => this.fail("devmem_alloc");
+  }
+
+  /** Snapshot restore: the allocation hooks again (functions are not saved). */
+  reinstallHooks(): void {
+    if (!this.on) return;
+    this.on = false;
+    this.enable();
   }
 
   /** Stop counting and failing; removes the hooks (zero cost again). */

@@ -525,6 +525,16 @@ export function allocNotifierId(k: Kernel): number {
   return s.next++;
 }
 
+/** Snapshot support: the next notifier id (undefined: none allocated yet). */
+export function peekNotifierIds(k: Kernel): number | undefined {
+  return notifierIds.get(k)?.next;
+}
+
+/** Snapshot restore: notifier ids continue from `next`. */
+export function adoptNotifierIds(k: Kernel, next: number): void {
+  notifierIds.set(k, { next });
+}
+
 /**
  * mmu_interval_read_begin: sleeps while an invalidation that hit `sub` is
  * in flight (sub.seq == seq, odd), then returns sub.seq.

@@ -126,6 +126,14 @@ export class Kernel {
     this.tunables = { ...DEFAULT_TUNABLES, ...config.tunables };
     this.pins = new PinRegistry(this);
     this.inject = new FaultInjector(this.phys, this.pt);
+    this.installCoreHooks();
+  }
+
+  /**
+   * The pin registry's reference holder and checks. The constructor runs
+   * it; a kernel rebuilt from a snapshot (snapshot.ts) runs it too.
+   */
+  installCoreHooks(): void {
     this.refHolders.push(() => this.pins.heldRefs());
     this.extraChecks.push((add) => this.pins.checkPinStats(add));
   }

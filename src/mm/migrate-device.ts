@@ -186,6 +186,15 @@ export function installDeviceMemory(k: Kernel): void {
   state(k);
 }
 
+/**
+ * Snapshot support: whether device memory was installed, and the number of
+ * migrations between setup and finalize (a snapshot needs none).
+ */
+export function peekDeviceMemory(k: Kernel): { inflight: number } | undefined {
+  const s = states.get(k);
+  return s === undefined ? undefined : { inflight: s.inflight.size };
+}
+
 /** Register the dev_pagemap_ops of a driver's pagemap. */
 export function setPagemapOps(k: Kernel, pgmapId: number, ops: DevPagemapOps | null): void {
   if (ops === null) state(k).ops.delete(pgmapId);

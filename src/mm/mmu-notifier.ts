@@ -79,7 +79,7 @@ export interface ClassicNotifier {
  * per prefix block so that a stabbing query skips whole blocks: O(log n + k)
  * for the typical driver layout of disjoint or nested intervals.
  */
-class IntervalIndex {
+export class IntervalIndex {
   private subs: IntervalSub[] = [];
   private maxLast: number[] = [];
   private dirty = false;

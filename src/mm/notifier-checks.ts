@@ -19,7 +19,7 @@ import { PAGE_SIZE } from "./constants.js";
 import type { Kernel } from "./kernel.js";
 import { type IntervalSub, type NotifierRange, RANGE_END_ALL } from "./mmu-notifier.js";
 
-interface Recorded {
+export interface Recorded {
   code: string;
   message: string;
   mmId: number;
@@ -60,6 +60,19 @@ export function installNotifierChecks(k: Kernel): void {
       }
     }
   });
+}
+
+/** Snapshot support: the violations recorded so far (undefined: checks not installed). */
+export function peekNotifierRecords(k: Kernel): Recorded[] | undefined {
+  return recorded.get(k);
+}
+
+/** Snapshot restore: install the checks on `k` and take over the recorded violations. */
+export function adoptNotifierRecords(k: Kernel, from: readonly Recorded[]): void {
+  installNotifierChecks(k);
+  const list = recorded.get(k)!;
+  list.length = 0;
+  list.push(...from);
 }
 
 /** N2: record a callback for a range that does not overlap the subscription. */
