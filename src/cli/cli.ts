@@ -6,7 +6,7 @@
  */
 import { MMSIM_VERSION } from "../version.js";
 import { COMMANDS } from "./commands/index.js";
-import { Conn, describeError, isServiceError, type UnaryMethod } from "./conn.js";
+import { Conn, type ConnSecurity, describeError, isServiceError, type UnaryMethod } from "./conn.js";
 import { Progress, type ProgressSink } from "./progress.js";
 import { type CommandContext, commandHelp, type CommandRegistry, parseCommandArgs, UsageError } from "./registry.js";
 
@@ -30,6 +30,10 @@ const GLOBAL_HELP = `Global options (anywhere on the line):
                      (MMSIM_SESSION; default ${DEFAULT_SESSION})
   --json             print responses as JSON (proto3 JSON mapping)
   --timeout SECONDS  deadline of each call (default 60)
+  --token TOKEN      bearer token sent on every call (MMSIM_TOKEN)
+  --tls-ca FILE      PEM CA bundle of the daemon's certificate: connect with TLS (MMSIM_TLS_CA)
+  --tls-cert FILE    PEM client certificate for mutual TLS (MMSIM_CLIENT_CERT)
+  --tls-key FILE     PEM key of --tls-cert (MMSIM_CLIENT_KEY)
   -h, --help         help; "mmsim help COMMAND" for one command
 
 Exit status: 0 ok, 1 gRPC error (message "ERRNO: reason") or failed check,
@@ -53,6 +57,7 @@ interface Globals {
   timeoutMs: number;
   help: boolean;
   rest: string[];
+  security: ConnSecurity;
 }
 
 function parseGlobals(argv: readonly string[], env: CliIo["env"]): Globals {
@@ -63,6 +68,12 @@ function parseGlobals(argv: readonly string[], env: CliIo["env"]): Globals {
     timeoutMs: 60_000,
     help: false,
     rest: [],
+    security: {
+      token: env.MMSIM_TOKEN || undefined,
+      tlsCa: env.MMSIM_TLS_CA || undefined,
+      tlsCert: env.MMSIM_CLIENT_CERT || undefined,
+      tlsKey: env.MMSIM_CLIENT_KEY || undefined,
+    },
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -93,6 +104,18 @@ function parseGlobals(argv: readonly string[], env: CliIo["env"]): Globals {
       }
       case "json":
         g.json = true;
+        break;
+      case "token":
+        g.security.token = value();
+        break;
+      case "tls-ca":
+        g.security.tlsCa = value();
+        break;
+      case "tls-cert":
+        g.security.tlsCert = value();
+        break;
+      case "tls-key":
+        g.security.tlsKey = value();
         break;
       case "help":
         g.help = true;
@@ -143,7 +166,13 @@ export async function runCli(argv: readonly string[], io: CliIo, registry: Comma
     return EXIT_OK;
   }
 
-  const conn = new Conn(g.addr, g.timeoutMs, g.session);
+  let conn: Conn;
+  try {
+    conn = new Conn(g.addr, g.timeoutMs, g.session, g.security);
+  } catch (e) {
+    complain(`mmsim: ${(e as Error).message}`);
+    return EXIT_USAGE;
+  }
   const ctx: CommandContext = {
     conn,
     json: g.json,

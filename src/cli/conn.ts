@@ -4,7 +4,8 @@
  * persistent named session, found again on every run with ListSessions (it
  * is stored nowhere on the client side).
  */
-import { Client, type ClientReadableStream, credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
+import { readFileSync } from "node:fs";
+import { type ChannelCredentials, Client, type ClientReadableStream, credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import { SessionServiceService } from "../gen/mmsim/v1/session.js";
 
 /** A unary method of a generated service definition (ts-proto, outputServices=grpc-js). */
@@ -27,6 +28,24 @@ export interface ServerStreamMethod<Req, Res> {
 
 export const SESSION_HEADER = "mmsim-session";
 
+/** How the CLI authenticates: a bearer token and/or TLS (PEM file names). */
+export interface ConnSecurity {
+  token?: string | undefined;
+  /** CA bundle that signed the daemon's certificate: use TLS */
+  tlsCa?: string | undefined;
+  /** client certificate and key (mutual TLS) */
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+}
+
+/** Plaintext, or TLS when any TLS file is given. Throws when a file cannot be read. */
+export function channelCredentials(sec: ConnSecurity, readFile: (path: string) => Buffer = (p) => readFileSync(p)): ChannelCredentials {
+  if (sec.tlsCa === undefined && sec.tlsCert === undefined && sec.tlsKey === undefined) return credentials.createInsecure();
+  if ((sec.tlsCert === undefined) !== (sec.tlsKey === undefined)) throw new Error("--tls-cert and --tls-key go together");
+  const read = (p: string | undefined) => (p === undefined ? null : readFile(p));
+  return credentials.createSsl(read(sec.tlsCa), read(sec.tlsKey), read(sec.tlsCert));
+}
+
 export class Conn {
   readonly client: Client;
   private session: Promise<number> | undefined;
@@ -37,11 +56,22 @@ export class Conn {
     readonly timeoutMs: number,
     /** name of the CLI's persistent session */
     readonly sessionName: string,
+    readonly security: ConnSecurity = {},
   ) {
-    this.client = new Client(address, credentials.createInsecure());
+    this.channelCredentials = channelCredentials(security);
+    this.client = new Client(address, this.channelCredentials);
+  }
+
+  readonly channelCredentials: ChannelCredentials;
+
+  /** `md` with the bearer token added (when there is one). */
+  withToken(md: Metadata): Metadata {
+    if (this.security.token !== undefined && this.security.token !== "") md.set("authorization", `Bearer ${this.security.token}`);
+    return md;
   }
 
   unary<Req, Res>(m: UnaryMethod<Req, Res>, req: Req, md = new Metadata()): Promise<Res> {
+    this.withToken(md);
     return new Promise((resolve, reject) => {
       this.client.makeUnaryRequest(
         m.path,
@@ -56,7 +86,7 @@ export class Conn {
   }
 
   serverStream<Req, Res>(m: ServerStreamMethod<Req, Res>, req: Req, md = new Metadata()): ClientReadableStream<Res> {
-    return this.client.makeServerStreamRequest(m.path, m.requestSerialize, m.responseDeserialize, req, md, {});
+    return this.client.makeServerStreamRequest(m.path, m.requestSerialize, m.responseDeserialize, req, this.withToken(md), {});
   }
 
   /**
@@ -85,7 +115,7 @@ export class Conn {
   async sessionMetadata(): Promise<Metadata> {
     const md = new Metadata();
     md.set(SESSION_HEADER, String(await this.sessionId()));
-    return md;
+    return this.withToken(md);
   }
 
   close(): void {

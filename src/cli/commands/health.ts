@@ -1,5 +1,5 @@
 /** grpc.health.v1 command: health. */
-import { credentials, makeGenericClientConstructor, type ServiceError } from "@grpc/grpc-js";
+import { type ChannelCredentials, credentials, makeGenericClientConstructor, type ServiceError } from "@grpc/grpc-js";
 import { service as healthService } from "grpc-health-check";
 import type { CommandSpec } from "../registry.js";
 
@@ -14,8 +14,8 @@ const HealthClientCtor = makeGenericClientConstructor(healthService as never, "H
 ) => HealthClient;
 
 /** grpc.health.v1.Health/Check: "SERVING", "NOT_SERVING", ... */
-export function checkHealth(addr: string, service: string, timeoutMs: number): Promise<string> {
-  const c = new HealthClientCtor(addr, credentials.createInsecure());
+export function checkHealth(addr: string, service: string, timeoutMs: number, creds: ChannelCredentials = credentials.createInsecure()): Promise<string> {
+  const c = new HealthClientCtor(addr, creds);
   return new Promise<string>((resolve, reject) => {
     c.check({ service }, { deadline: Date.now() + timeoutMs }, (err, res) => {
       c.close();
@@ -34,7 +34,7 @@ export const healthCommands: CommandSpec[] = [
     details: 'SERVICE is a full name such as mmsim.v1.FaultService; default "" (the whole daemon).',
     async run(ctx, a) {
       const service = a.pos.SERVICE ?? "";
-      const st = await checkHealth(ctx.conn.address, service, ctx.conn.timeoutMs);
+      const st = await checkHealth(ctx.conn.address, service, ctx.conn.timeoutMs, ctx.conn.channelCredentials);
       if (ctx.json) ctx.printJson({ service, status: st });
       else ctx.out(st);
       return st === "SERVING" ? 0 : 1;

@@ -26,10 +26,11 @@ export const sessionCommands: CommandSpec[] = [
       if (ctx.json) return ctx.printJson(ListSessionsResponse.toJSON(r));
       ctx.out(
         table(
-          ["ID", "NAME", "KIND", "STREAMS", "MMS", "FILES", "PINS", "PINNED", "NOTIFIERS", "MIRRORS", "LOCKED"],
+          ["ID", "NAME", "TENANT", "KIND", "STREAMS", "MMS", "FILES", "PINS", "PINNED", "NOTIFIERS", "MIRRORS", "LOCKED"],
           r.sessions.map((s) => [
             s.sessionId,
             s.name,
+            s.tenant,
             s.persistent ? "persistent" : "attached",
             s.attachedStreams,
             s.mmCount,
@@ -40,7 +41,7 @@ export const sessionCommands: CommandSpec[] = [
             s.mirrorCount,
             size(s.lockedBytes),
           ]),
-          [true, false, false, true, true, true, true, true, true, true, true],
+          [true, false, false, false, true, true, true, true, true, true, true, true],
         ),
       );
     },
