@@ -38,6 +38,7 @@ import { ERRNO, StatusError, invalidArgument, notFoundError } from "./errors.js"
 import { type ServiceDeps, unary } from "./handler.js";
 import { runModelRead } from "./model-op.js";
 import { u32 } from "./validate.js";
+import type { DigestScope } from "./tenancy.js";
 
 const SVC = "AdminService";
 
@@ -76,27 +77,48 @@ function modeFromProto(req: ConfigureFaultPointRequest): InjectMode {
   }
 }
 
-/** vmstat entries that only count events; everything else describes state. */
-const EVENT_COUNTERS = /^(pg|thp_|cow_|zero_page_|huge_zero_|wp_|mmu_|pfn_inserts_)/;
+/**
+ * vmstat entries that only count events; everything else describes state.
+ * nr_foll_pin_acquired/_released only grow too: their difference (the pins
+ * held) is hashed on its own.
+ */
+const EVENT_COUNTERS = /^(pg|thp_|cow_|zero_page_|huge_zero_|wp_|mmu_|pfn_inserts_|nr_foll_pin_)/;
 
-/** The canonical digest of the simulated state (see the file header). */
-export function stateDigest(k: Kernel): GetStateDigestResponse {
+/**
+ * The canonical digest of the simulated state (see the file header). With a
+ * scope (a tenant's user, tenancy.ts): only the tenant's mms (VMAs, page
+ * tables), files, dev_pagemaps and PFN ranges; physical memory and the
+ * daemon-wide counters are left out.
+ */
+export function stateDigest(k: Kernel, scope?: DigestScope): GetStateDigestResponse {
   const h = createHash("sha256");
   const line = (...v: (string | number | boolean)[]) => h.update(v.join(" ") + "\n");
   let mms = 0;
   let vmas = 0;
+  /** page tables of the mms hashed (PGD included) */
+  let scopedTables = 0;
   for (const mm of [...k.mms.values()].sort((a, b) => a.id - b.id)) {
     if (mm.exited) continue;
+    if (scope !== undefined && !scope.mm(mm.ownerSession)) continue;
     mms++;
     line("mm", mm.id, mm.name, mm.ownerSession, mm.mmUsers, mm.rssAnon, mm.rssFile, mm.rssShmem, mm.hugetlbPages, mm.mapCount);
     for (const v of mm.vmas) {
       vmas++;
       line("vma", v.start, v.end, v.flags, v.pgoff, v.file?.id ?? 0, v.anonVma?.id ?? 0, v.device?.pfnRangeId ?? -1, v.device?.basePfn ?? -1);
     }
-    for (const r of walkPageTable(k, mm, 0, TASK_SIZE_MAX + PAGE_SIZE, 0).runs)
-      line("pt", r.level, r.addr, r.nr, r.pfn, r.kind, r.write, r.dirty, r.special, r.anonExclusive, r.marker);
+    const w = walkPageTable(k, mm, 0, TASK_SIZE_MAX + PAGE_SIZE, 0);
+    for (const r of w.runs) line("pt", r.level, r.addr, r.nr, r.pfn, r.kind, r.write, r.dirty, r.special, r.anonExclusive, r.marker);
+    scopedTables += 1 + w.pudTables + w.pmdTables + w.pteTables;
   }
   const p = k.phys;
+  if (scope !== undefined) {
+    for (const f of [...k.files.values()].sort((a, b) => a.id - b.id)) if (scope.file(f.id)) line("file", f.id, f.kind, f.size, f.refs, f.vmas.size);
+    for (const pm of [...p.pagemaps.values()].sort((a, b) => a.id - b.id))
+      if (scope.pagemap(pm.id)) line("pagemap", pm.id, pm.type, pm.startPfn, pm.nrPages, pm.allocated);
+    for (const r of [...p.pfnRanges.values()].sort((a, b) => a.id - b.id)) if (scope.pfnRange(r.id)) line("pfnrange", r.id, r.startPfn, r.nrPages);
+    // free_pages stays daemon-wide (as GetMeminfo); page_tables counts the tenant's
+    return { digest: h.digest("hex"), mms, vmas, freePages: p.totalFreePages(), pageTables: scopedTables };
+  }
   // Every section that exists, RAM and ZONE_DEVICE alike.
   const maxPfn = 2 ** 32;
   for (let pfn = 0; pfn < maxPfn; pfn += SECTION_PAGES) {
@@ -121,12 +143,11 @@ export function stateDigest(k: Kernel): GetStateDigestResponse {
 
 export function adminService(d: ServiceDeps): AdminServiceServer {
   const k = d.kernel;
-  const fi = k.inject;
   const allowed = () => {
     if (!d.config.faultInjection)
       throw new StatusError(status.FAILED_PRECONDITION, ERRNO.EPERM, "fault injection is off (start the daemon with --fault-injection)");
   };
-  const list = (): FaultPoint[] => INJECT_POINTS.map((n) => pointToProto(fi.points.get(n)!));
+  const list = (): FaultPoint[] => INJECT_POINTS.map((n) => pointToProto(k.inject.points.get(n)!));
   return {
     configureFaultPoint: unary<ConfigureFaultPointRequest, ConfigureFaultPointResponse>(d, `${SVC}/ConfigureFaultPoint`, "optional", (req) => {
       allowed();
@@ -134,32 +155,32 @@ export function adminService(d: ServiceDeps): AdminServiceServer {
       const mode = modeFromProto(req);
       const names: InjectPoint[] = req.point === "" ? [...INJECT_POINTS] : [req.point as InjectPoint];
       // Each point gets its own copy (its own "times" budget and PRNG).
-      for (const n of names) fi.configure(n, { ...mode });
+      for (const n of names) k.inject.configure(n, { ...mode });
       return { points: list() };
     }),
 
     failNth: unary<FailNthRequest, FailNthResponse>(d, `${SVC}/FailNth`, "optional", (req) => {
       allowed();
-      fi.failNth(u32(req.nth, "nth"));
-      return { totalHits: fi.totalHits };
+      k.inject.failNth(u32(req.nth, "nth"));
+      return { totalHits: k.inject.totalHits };
     }),
 
     clearFaultInjection: unary<ClearFaultInjectionRequest, ClearFaultInjectionResponse>(d, `${SVC}/ClearFaultInjection`, "optional", (req) => {
       allowed();
-      fi.clear(req.resetCounters);
+      k.inject.clear(req.resetCounters);
       return {};
     }),
 
     listFaultPoints: unary<ListFaultPointsRequest, ListFaultPointsResponse>(d, `${SVC}/ListFaultPoints`, "optional", () => ({
       points: list(),
       enabled: d.config.faultInjection,
-      totalHits: fi.totalHits,
-      totalInjected: fi.totalInjected,
+      totalHits: k.inject.totalHits,
+      totalInjected: k.inject.totalInjected,
     })),
 
     // A consistent snapshot: taken with every mm read-locked.
-    getStateDigest: unary<GetStateDigestRequest, GetStateDigestResponse>(d, `${SVC}/GetStateDigest`, "optional", () =>
-      runModelRead(k, [...k.mms.keys()], () => stateDigest(k)),
+    getStateDigest: unary<GetStateDigestRequest, GetStateDigestResponse>(d, `${SVC}/GetStateDigest`, "optional", (_req, c) =>
+      runModelRead(k, [...k.mms.keys()], () => stateDigest(k, d.tenancy?.digestScope(c.metadata))),
     ),
   };
 }

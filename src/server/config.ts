@@ -43,6 +43,25 @@ export interface DaemonConfig {
   maxMessageBytes: number;
   /** concurrent HTTP/2 streams per client connection (0 = the HTTP/2 default). */
   maxConcurrentStreams: number;
+  /** record a trace of every mutating call to this file from the start ("" = no trace). */
+  trace: string;
+  /** bearer tokens, each "TOKEN:TENANT[:ROLE]" (auth.ts parses them). */
+  authTokens: string[];
+  /** file of "TOKEN TENANT [ROLE]" lines ("" = none); re-read on SIGHUP. */
+  authTokenFile: string;
+  /** PEM server certificate chain and key: serve TLS ("" = plaintext). */
+  tlsCert: string;
+  tlsKey: string;
+  /** PEM CA bundle: require and verify client certificates (mutual TLS). */
+  tlsClientCa: string;
+  /** a verified client certificate without a token authenticates as tenant = its CN, role user. */
+  tlsTenantFromCn: boolean;
+  /** allow a non-loopback listen address without any authentication. */
+  insecureNoAuth: boolean;
+  /** directory of SnapshotService files ("" = file requests refused). */
+  snapshotDir: string;
+  /** restore this snapshot file at start-up ("" = start empty); refuses to start if it is bad. */
+  restore: string;
 }
 
 export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
@@ -63,6 +82,16 @@ export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
   maxPagesPerRequest: 2 ** 28, // 1 TiB of 4 KiB pages
   maxMessageBytes: 64 * 2 ** 20,
   maxConcurrentStreams: 1000,
+  trace: "",
+  authTokens: [],
+  authTokenFile: "",
+  tlsCert: "",
+  tlsKey: "",
+  tlsClientCa: "",
+  tlsTenantFromCn: false,
+  insecureNoAuth: false,
+  snapshotDir: "",
+  restore: "",
 });
 
 const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
@@ -103,11 +132,33 @@ Options (precedence: flags > environment > config file > defaults):
   --max-message-bytes SIZE  largest request message (MMSIM_MAX_MESSAGE_BYTES; default 64M)
   --max-concurrent-streams N  HTTP/2 streams per connection, 0 = unlimited
                          (MMSIM_MAX_CONCURRENT_STREAMS; default 1000)
+  --trace FILE           record every mutating call to FILE from the start, for
+                         \`mmsim replay\` (MMSIM_TRACE; default: no trace)
+  --auth-token TOKEN:TENANT[:ROLE]  accept this bearer token for TENANT, ROLE admin or
+                         user (default user); repeatable (MMSIM_AUTH_TOKENS, comma-separated)
+  --auth-token-file FILE lines "TOKEN TENANT [ROLE]", # comments; re-read on SIGHUP
+                         (MMSIM_AUTH_TOKEN_FILE). No token configured: authentication is off,
+                         allowed only on a loopback --listen address
+  --insecure-no-auth BOOL  allow a non-loopback --listen without authentication
+                         (MMSIM_INSECURE_NO_AUTH; default false)
+  --tls-cert FILE        PEM certificate chain: serve TLS (MMSIM_TLS_CERT; needs --tls-key)
+  --tls-key FILE         PEM private key of --tls-cert (MMSIM_TLS_KEY)
+  --tls-client-ca FILE   PEM CA bundle: mutual TLS, client certificates required and
+                         verified (MMSIM_TLS_CLIENT_CA)
+  --tls-tenant-from-cn BOOL  a verified client certificate without a token is tenant
+                         <its CN>, role user (MMSIM_TLS_TENANT_FROM_CN; default false)
+  --snapshot-dir DIR     directory of SnapshotService save/restore files
+                         (MMSIM_SNAPSHOT_DIR; default: none, file requests refused)
+  --restore FILE         restore this snapshot at start-up; a bad file stops the
+                         daemon with exit status 1 (MMSIM_RESTORE; default: none)
   --config FILE          JSON file with any of: listen, ram, movable, cma (sizes),
                          logLevel, thp, sessionGraceMs, metricsListen,
                          shutdownGraceMs, keepaliveTimeMs, keepaliveTimeoutMs,
                          mirrorDeadlineMs, faultInjection, maxMmsPerSession,
-                         maxPagesPerRequest, maxMessageBytes, maxConcurrentStreams (MMSIM_CONFIG)
+                         maxPagesPerRequest, maxMessageBytes, maxConcurrentStreams,
+                         trace, authTokens (array), authTokenFile, tlsCert, tlsKey,
+                         tlsClientCa, tlsTenantFromCn, insecureNoAuth, snapshotDir,
+                         restore (MMSIM_CONFIG)
   --help                 print this help and exit
 SIZE: a byte count with an optional suffix K, M, G or T (powers of 1024; "KiB", "MB" etc. accepted).`;
 
@@ -161,6 +212,19 @@ function parseListen(value: unknown, what: string): string {
   const port = Number(value.slice(value.lastIndexOf(":") + 1));
   if (port > 65535) throw new ConfigError(`${what}: port ${port} out of range`);
   return value;
+}
+
+function parseFileName(value: unknown, what: string): string {
+  if (typeof value !== "string") throw new ConfigError(`${what}: expected a file name (got ${JSON.stringify(value)})`);
+  return value;
+}
+
+/** Token specs: repeated flags, a comma-separated env value, or a config-file array. */
+function parseTokenSpecs(value: unknown, what: string): string[] {
+  const list = Array.isArray(value) ? value : typeof value === "string" ? value.split(",") : undefined;
+  if (list === undefined || list.some((v) => typeof v !== "string"))
+    throw new ConfigError(`${what}: expected TOKEN:TENANT[:ROLE] strings (got ${JSON.stringify(value)})`);
+  return (list as string[]).map((v) => v.trim()).filter((v) => v !== "");
 }
 
 function parseMetricsListen(value: unknown, what: string): string {
@@ -236,7 +300,30 @@ const SETTINGS: { flag: string; env: string; keys: string[]; set: Setter }[] = [
     keys: ["maxConcurrentStreams"],
     set: (c, v, w) => (c.maxConcurrentStreams = parseCount(v, w, 0)),
   },
+  {
+    flag: "trace",
+    env: "MMSIM_TRACE",
+    keys: ["trace"],
+    set: (c, v, w) => {
+      if (typeof v !== "string") throw new ConfigError(`${w}: expected a file name (got ${JSON.stringify(v)})`);
+      c.trace = v;
+    },
+  },
+  { flag: "auth-token", env: "MMSIM_AUTH_TOKENS", keys: ["authTokens"], set: (c, v, w) => (c.authTokens = parseTokenSpecs(v, w)) },
+  { flag: "auth-token-file", env: "MMSIM_AUTH_TOKEN_FILE", keys: ["authTokenFile"], set: (c, v, w) => (c.authTokenFile = parseFileName(v, w)) },
+  { flag: "insecure-no-auth", env: "MMSIM_INSECURE_NO_AUTH", keys: ["insecureNoAuth"], set: (c, v, w) => (c.insecureNoAuth = parseBool(v, w)) },
+  { flag: "tls-cert", env: "MMSIM_TLS_CERT", keys: ["tlsCert"], set: (c, v, w) => (c.tlsCert = parseFileName(v, w)) },
+  { flag: "tls-key", env: "MMSIM_TLS_KEY", keys: ["tlsKey"], set: (c, v, w) => (c.tlsKey = parseFileName(v, w)) },
+  { flag: "tls-client-ca", env: "MMSIM_TLS_CLIENT_CA", keys: ["tlsClientCa"], set: (c, v, w) => (c.tlsClientCa = parseFileName(v, w)) },
+  { flag: "tls-tenant-from-cn", env: "MMSIM_TLS_TENANT_FROM_CN", keys: ["tlsTenantFromCn"], set: (c, v, w) => (c.tlsTenantFromCn = parseBool(v, w)) },
+  { flag: "snapshot-dir", env: "MMSIM_SNAPSHOT_DIR", keys: ["snapshotDir"], set: (c, v, w) => (c.snapshotDir = parseFileName(v, w)) },
+  { flag: "restore", env: "MMSIM_RESTORE", keys: ["restore"], set: (c, v, w) => (c.restore = parseFileName(v, w)) },
 ];
+
+/** Flags that may be given more than once (their values are joined with ","). */
+const REPEATABLE = new Set(["auth-token"]);
+/** Boolean flags that mean "true" when given without a value. */
+const VALUE_OPTIONAL = new Set(["insecure-no-auth", "tls-tenant-from-cn"]);
 
 export interface LoadedConfig {
   config: DaemonConfig;
@@ -269,6 +356,7 @@ export function loadConfig(
     if (!known.has(name)) throw new ConfigError(`unknown option --${name} (see --help)`);
     let value: string;
     if (eq >= 0) value = arg.slice(eq + 1);
+    else if (VALUE_OPTIONAL.has(name) && (argv[i + 1] === undefined || argv[i + 1]!.startsWith("--"))) value = "true";
     else {
       const next = argv[i + 1];
       if (next === undefined) throw new ConfigError(`option --${name} needs a value`);
@@ -276,6 +364,7 @@ export function loadConfig(
       i++;
     }
     if (name === "config") configFile = value;
+    else if (REPEATABLE.has(name) && flags.has(name)) flags.set(name, `${flags.get(name)!},${value}`);
     else flags.set(name, value);
   }
 

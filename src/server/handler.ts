@@ -15,6 +15,8 @@ import type { DaemonConfig } from "./config.js";
 import { invalidArgument, toStatus } from "./errors.js";
 import type { Registry } from "./registry.js";
 import type { Session, SessionManager } from "./session.js";
+import type { Tenancy } from "./tenancy.js";
+import { headerSessionId, rawRequests, runTraced, type TraceCall, type Tracer } from "./trace.js";
 
 export { modelOp, runModelOp, runModelRead, thenMaybe } from "./model-op.js";
 
@@ -27,6 +29,10 @@ export interface ServiceDeps {
   config: DaemonConfig;
   /** Per-method call observer (metrics); absent = not observed. */
   rpc?: RpcObserver;
+  /** Trace recorder (trace.ts); absent = never traced. */
+  trace?: Tracer;
+  /** Tenant isolation (tenancy.ts); absent = authentication off, every caller sees everything. */
+  tenancy?: Tenancy;
 }
 
 /** grpc_type label values, as go-grpc-prometheus names them. */
@@ -104,9 +110,13 @@ export function withSafeDecode<D extends ServiceDefinition>(def: D): D {
       ...m,
       requestDeserialize: (buf: Buffer) => {
         try {
-          return m.requestDeserialize(buf);
+          const req = m.requestDeserialize(buf);
+          if (rawRequests.on > 0 && typeof req === "object" && req !== null) rawRequests.map.set(req, buf);
+          return req;
         } catch (e) {
-          return new DecodeFailure(e instanceof Error ? e.message : String(e));
+          const failure = new DecodeFailure(e instanceof Error ? e.message : String(e));
+          if (rawRequests.on > 0) rawRequests.map.set(failure, buf);
+          return failure;
         }
       },
     };
@@ -127,7 +137,9 @@ export function unary<Req, Res>(
   fn: (req: Req, call: CallInfo) => Promise<Res> | Res,
 ): handleUnaryCall<Req, Res> {
   const probe = rpcProbe(d, method, "unary");
-  const answered = (session: Session | undefined, t0: number, res: Res, callback: (e: null, r: Res) => void): void => {
+  const guard = d.tenancy?.guard(method);
+  const answered = (session: Session | undefined, t0: number, res: Res, callback: (e: null, r: Res) => void, tc?: TraceCall): void => {
+    if (tc !== undefined) tc.tracer.finishOk(tc, res);
     const ms = performance.now() - t0;
     probe.handled(status.OK, ms / 1000);
     const log = session?.log ?? d.log;
@@ -140,9 +152,11 @@ export function unary<Req, Res>(
     refused: boolean,
     err: unknown,
     callback: (e: { code: status; details: string; metadata?: Metadata }) => void,
+    tc?: TraceCall,
   ): void => {
     const ms = performance.now() - t0;
     const st = toStatus(err);
+    if (tc !== undefined) tc.tracer.finishErr(tc, st.code, st.errno ?? 0, st.details);
     probe.handled(st.code, ms / 1000);
     const log = session?.log ?? d.log;
     if (st.internal) log.error({ method, err }, "internal error");
@@ -159,24 +173,27 @@ export function unary<Req, Res>(
     // true until the request is decoded and its session resolved
     let refused = true;
     let out: Promise<Res> | Res;
+    const tc = d.trace?.recording ? d.trace.begin(method, call.request, need === "required" ? headerSessionId(call.metadata.get("mmsim-session")[0]) : 0) : undefined;
     try {
       const req = checkDecoded<Req>(call.request as Req | DecodeFailure);
       if (need === "required") session = d.sessions.resolve(call.metadata);
+      if (guard !== undefined) guard.check(req, call.metadata);
       refused = false;
-      out = fn(req, { method, session, sessionId: session?.id ?? 0, metadata: call.metadata });
+      const info: CallInfo = { method, session, sessionId: session?.id ?? 0, metadata: call.metadata };
+      out = tc === undefined ? fn(req, info) : runTraced(tc, () => fn(req, info));
     } catch (err) {
-      failed(session, t0, refused, err, callback);
+      failed(session, t0, refused, err, callback, tc);
       return;
     }
     // Fast path: fn answered synchronously (nothing left in flight to track).
     if (!(out instanceof Promise)) {
-      answered(session, t0, out, callback);
+      answered(session, t0, guard !== undefined ? guard.filter(out, call.metadata) : out, callback, tc);
       return;
     }
     const p = session !== undefined ? d.sessions.track(session, out) : out;
     p.then(
-      (res) => answered(session, t0, res, callback),
-      (err: unknown) => failed(session, t0, false, err, callback),
+      (res) => answered(session, t0, guard !== undefined ? guard.filter(res, call.metadata) : res, callback, tc),
+      (err: unknown) => failed(session, t0, false, err, callback, tc),
     );
   };
 }

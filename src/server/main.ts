@@ -4,7 +4,9 @@
  * "listening" line, and shut down cleanly on SIGINT / SIGTERM: health turns
  * NOT_SERVING, streams end, calls drain; exit 0 once drained, or 1 after
  * the grace period (--shutdown-grace-ms) with a ShutdownGraceExpiredError
- * line. A second signal exits at once (status 1).
+ * line. A second signal exits at once (status 1). SIGHUP re-reads the
+ * token file. A refused configuration (e.g. a non-loopback address without
+ * authentication) exits with status 2 and the reason on stderr.
  */
 import { pino } from "pino";
 import { ConfigError, loadConfig, USAGE } from "./config.js";
@@ -32,9 +34,22 @@ async function main(): Promise<number> {
   try {
     daemon = await createServer(config, { logger: log });
   } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`mmsimd: ${e.message}\n`);
+      return 2;
+    }
     log.fatal({ err: e }, "cannot start");
     return 1;
   }
+  // SIGHUP re-reads --auth-token-file; a bad file keeps the tokens in force.
+  if (config.authTokenFile !== "")
+    process.on("SIGHUP", () => {
+      try {
+        daemon.reloadTokens();
+      } catch (e) {
+        log.error({ err: e }, "token file not reloaded; the previous tokens stay in force");
+      }
+    });
   log.info(
     {
       address: daemon.address,
@@ -43,6 +58,8 @@ async function main(): Promise<number> {
       ramBytes: config.ramBytes,
       thp: config.thp,
       services: daemon.ops.appServices,
+      auth: daemon.auth !== undefined ? "on" : "off",
+      tls: config.tlsCert === "" ? "off" : config.tlsClientCa !== "" ? "mutual" : "on",
       reflection: daemon.ops.reflection !== undefined,
     },
     "listening",

@@ -13,6 +13,7 @@
  */
 import { type Kernel, OpContext } from "../mm/kernel.js";
 import { type LockMode, MmLocks } from "./mm-lock.js";
+import { traceCommit } from "./trace.js";
 
 /** Per-kernel state of the service layer's operation runner. */
 export class ModelOps {
@@ -24,6 +25,11 @@ export class ModelOps {
   private idleWaiters: (() => void)[] = [];
 
   constructor(readonly kernel: Kernel) {}
+
+  /** Operations waiting for acknowledgements now (a snapshot needs none). */
+  get awaitingOps(): number {
+    return this.awaiting;
+  }
 
   enterAwait(): void {
     this.awaiting++;
@@ -100,6 +106,7 @@ function runLocked<T>(k: Kernel, ops: ModelOps, fn: () => T, release: () => void
     if (k.op !== null) throw new Error("runModelOp: another model operation is running synchronously (nested call)");
     op = new OpContext();
     k.op = op;
+    traceCommit(); // the step number of a traced call is its commit order
     try {
       result = fn();
     } catch (e) {

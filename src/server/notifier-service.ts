@@ -51,7 +51,7 @@ import {
   type RemoveIntervalNotifierRequest,
   type RemoveIntervalNotifierResponse,
   type SubscribeRequest,
-  type SubscribeResponse,
+  SubscribeResponse,
 } from "../gen/mmsim/v1/notifier.js";
 import { SessionNoticeKind } from "../gen/mmsim/v1/session.js";
 import { ERRNO, invalidArgument, notFoundError, toStatus } from "./errors.js";
@@ -60,6 +60,8 @@ import { knownMm, liveMm } from "./lookup.js";
 import { modelOps } from "./model-op.js";
 import type { Session } from "./session.js";
 import { objectId, u64 } from "./validate.js";
+import { traceDelivery, type TracedDelivery } from "./trace.js";
+import { TraceAnswer } from "../gen/mmsim/v1/trace.js";
 
 const SVC = "NotifierService";
 
@@ -77,9 +79,18 @@ interface Waiter {
   inv: Invalidation;
   queuedAt: number;
   resolve: (accepted: boolean) => void;
+  /** mirror_ack injection: the client's answer to this one is dropped */
+  lost: boolean;
+  /** the trace's record of this delivery (trace.ts), when one is recorded */
+  traced?: TracedDelivery | undefined;
 }
 
-export type MirrorState = "open" | "dead" | "closed";
+/**
+ * "detached": restored from a snapshot without its stream; invalidations
+ * advance its notifiers' sequences and send nothing, until its session
+ * subscribes again with the same mirror name (reattach -> "open").
+ */
+export type MirrorState = "open" | "dead" | "closed" | "detached";
 
 /** A client's device mirror: one Subscribe stream. */
 export class RemoteMirror implements IntervalOps {
@@ -100,16 +111,33 @@ export class RemoteMirror implements IntervalOps {
     readonly id: number,
     readonly session: Session,
     readonly name: string,
-    private readonly out: StreamOut,
+    private out: StreamOut,
   ) {}
+
+  /** A detached mirror (snapshot restore) takes a new stream. */
+  reattach(out: StreamOut): void {
+    if (this.state !== "detached") return;
+    this.out = out;
+    this.state = "open";
+  }
 
   /** The ->invalidate callback, answered asynchronously by the client. */
   invalidate(sub: IntervalSub, range: NotifierRange, curSeq: number): boolean {
     noteCallback(this.hub.k, sub, range);
+    const merged = this.state === "open" && this.last !== null && this.last.range === range;
+    // mirror_ack injection, once per message: a non-blockable range is
+    // refused at once as by a driver whose mutex_trylock failed (no seq
+    // update, nothing sent: -EAGAIN for the caller); a blockable one is sent
+    // but its answer is lost, so the dead-mirror deadline runs.
+    let lost = false;
+    if (this.state === "open" && !merged && this.hub.k.inject.fail("mirror_ack")) {
+      if (!range.blockable) return false;
+      lost = true;
+    }
     sub.seq = curSeq; // mmu_interval_set_seq on the client's behalf
     if (this.state !== "open") return true;
     // Several notifiers of this mirror hit by the same range: one message.
-    if (this.last !== null && this.last.range === range) {
+    if (merged && this.last !== null) {
       this.last.inv.notifierIds.push(sub.id);
       return true;
     }
@@ -127,7 +155,8 @@ export class RemoteMirror implements IntervalOps {
       seq: curSeq,
     };
     this.last = { range, inv };
-    const p = new Promise<boolean>((resolve) => this.outstanding.set(inv.invalidationId, { inv, queuedAt: performance.now(), resolve }));
+    this.hub.onQueued?.(this.id, inv.invalidationId);
+    const p = new Promise<boolean>((resolve) => this.outstanding.set(inv.invalidationId, { inv, queuedAt: performance.now(), resolve, lost, traced: traceDelivery(this.id, inv) }));
     this.hub.k.op?.pending.push(p);
     this.queue.push(inv);
     if (!this.flushQueued) {
@@ -151,14 +180,16 @@ export class RemoteMirror implements IntervalOps {
   handleAck(ack: InvalidationAck): void {
     for (const id of ack.invalidationIds) {
       const w = this.outstanding.get(id);
-      if (w === undefined) continue;
+      if (w === undefined || w.lost) continue;
       this.outstanding.delete(id);
+      if (w.traced !== undefined) w.traced.answer = TraceAnswer.TRACE_ANSWER_ACKED;
       w.resolve(true);
     }
     for (const id of ack.refusedIds) {
       const w = this.outstanding.get(id);
-      if (w === undefined) continue;
+      if (w === undefined || w.lost) continue;
       this.outstanding.delete(id);
+      if (w.traced !== undefined) w.traced.answer = TraceAnswer.TRACE_ANSWER_REFUSED;
       if (w.inv.blockable) {
         // A driver may only refuse a non-blockable range (WARN, carry on).
         this.hub.log.warn({ mirror: this.id, session: this.session.id, invalidation: id }, "mirror refused a blockable invalidation; treated as acknowledged");
@@ -191,7 +222,8 @@ export class RemoteMirror implements IntervalOps {
     if (late >= this.hub.deadlineMs - 1) {
       const ev = KEvent[oldest.inv.event - 1] ?? String(oldest.inv.event);
       this.die(
-        `invalidation ${oldest.inv.invalidationId} (${ev} [0x${oldest.inv.start.toString(16)}, 0x${oldest.inv.end.toString(16)}) of mm ${oldest.inv.mmId}) not acknowledged within ${this.hub.deadlineMs} ms`,
+        `invalidation ${oldest.inv.invalidationId} (${ev} [0x${oldest.inv.start.toString(16)}, 0x${oldest.inv.end.toString(16)}) of mm ${oldest.inv.mmId}) not acknowledged within ${this.hub.deadlineMs} ms` +
+          (oldest.lost ? " (its acknowledgement was dropped by mirror_ack fault injection)" : ""),
       );
       return;
     }
@@ -212,7 +244,7 @@ export class RemoteMirror implements IntervalOps {
 
   /** The stream ended or the session did: notifiers go, waiters are released. */
   close(): void {
-    if (this.state !== "open") return;
+    if (this.state !== "open" && this.state !== "detached") return;
     this.state = "closed";
     this.removeAll();
     this.out.end();
@@ -245,6 +277,8 @@ export class NotifierHub {
   readonly notifiers = new Map<number, { sub: IntervalSub; mm: Mm; mirror: RemoteMirror }>();
   private nextMirror = 1;
   sessions: ServiceDeps["sessions"] | null = null;
+  /** Called as each client-mirror invalidation starts (benchmarks time its delivery); null = off. */
+  onQueued: ((mirror: number, invalidationId: number) => void) | null = null;
 
   constructor(
     readonly k: Kernel,
@@ -255,8 +289,40 @@ export class NotifierHub {
   }
 
   open(session: Session, name: string, out: StreamOut): RemoteMirror {
+    for (const d of this.mirrors.values()) {
+      if (d.state === "detached" && d.session === session && d.name === name) {
+        d.reattach(out);
+        return d;
+      }
+    }
     const m = new RemoteMirror(this, this.nextMirror++, session, name, out);
     this.mirrors.set(m.id, m);
+    return m;
+  }
+
+  /** Snapshot support: the mirror id counter. */
+  get nextMirrorId(): number {
+    return this.nextMirror;
+  }
+
+  set nextMirrorId(next: number) {
+    this.nextMirror = next;
+  }
+
+  /**
+   * Snapshot restore: a client mirror comes back detached (no stream) with
+   * its notifiers, already in their mms' trees; ids continue from `next`.
+   */
+  restoreDetached(id: number, session: Session, name: string, subs: readonly { sub: IntervalSub; mm: Mm }[], next: number): RemoteMirror {
+    const none: StreamOut = { write: () => {}, end: () => {} };
+    const m = new RemoteMirror(this, id, session, name, none);
+    m.state = "detached";
+    for (const s of subs) {
+      m.subs.set(s.sub.id, s);
+      this.notifiers.set(s.sub.id, { sub: s.sub, mm: s.mm, mirror: m });
+    }
+    this.mirrors.set(id, m);
+    this.nextMirror = Math.max(this.nextMirror, next);
     return m;
   }
 
@@ -274,6 +340,11 @@ export class NotifierHub {
 }
 
 const hubs = new WeakMap<Kernel, NotifierHub>();
+
+/** The notifier hub of a daemon's kernel, if its NotifierService was built. */
+export function notifierHubOf(k: Kernel): NotifierHub | undefined {
+  return hubs.get(k);
+}
 
 /** The daemon's notifier hub (created with the service). */
 export function notifierHub(d: ServiceDeps): NotifierHub {
@@ -327,6 +398,8 @@ export function notifierService(d: ServiceDeps): NotifierServiceServer {
     const done = observeStream(rpcProbe(d, method, "bidi_stream"));
     let finished = false;
     let mirror: RemoteMirror | null = null;
+    /** step of this stream's open in the trace being recorded, or 0 */
+    let traceStream = 0;
     const fail = (err: unknown) => {
       if (finished) return;
       finished = true;
@@ -362,7 +435,9 @@ export function notifierService(d: ServiceDeps): NotifierServiceServer {
           if (mirror !== null) invalidArgument("the mirror is already open (send `open` once)");
           if (!session.live) throw new MmError(ERRNO.ESRCH, `session ${session.id} has ended`, "not-found");
           mirror = hub.open(session, req.open.name, out);
-          out.write({ subscribed: { mirrorId: mirror.id, deadlineMs: hub.deadlineMs } });
+          const subscribed: SubscribeResponse = { subscribed: { mirrorId: mirror.id, deadlineMs: hub.deadlineMs } };
+          if (d.trace?.recording) traceStream = d.trace.streamOpen(method, session.id, req, SubscribeResponse.encode(subscribed).finish() as Buffer);
+          out.write(subscribed);
           session.log.debug({ method, mirror: mirror.id, name: req.open.name }, "mirror opened");
         } else if (req.ack !== undefined) {
           if (mirror === null) invalidArgument("`open` must be the first message");
@@ -375,11 +450,13 @@ export function notifierService(d: ServiceDeps): NotifierServiceServer {
       }
     });
     call.on("end", () => {
+      if (mirror?.state === "open") d.trace?.streamClose(method, session.id, traceStream);
       mirror?.close();
       out.end();
     });
     const gone = () => {
       finished = true;
+      if (mirror?.state === "open") d.trace?.streamClose(method, session.id, traceStream);
       mirror?.close();
       done(status.CANCELLED);
     };

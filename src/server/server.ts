@@ -10,7 +10,7 @@
  * stopped (forced after the grace period, with a ShutdownGraceExpiredError
  * logged). Health, reflection and metrics live in ops.ts.
  */
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { Server, type ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
 import { pino, type Logger } from "pino";
 import { Kernel } from "../mm/kernel.js";
 import { AddressSpaceServiceService } from "../gen/mmsim/v1/address_space.js";
@@ -31,18 +31,25 @@ import { adminService } from "./admin-service.js";
 import { hmmService } from "./hmm-service.js";
 import { notifierHub, notifierService } from "./notifier-service.js";
 import { addressSpaceService } from "./address-space-service.js";
+import { Authenticator, authEnabled, authInterceptor, checkListenPolicy, loadTokens, serverCredentials, tokenFileWarning } from "./auth.js";
 import { type DaemonConfig, grpcServerOptions } from "./config.js";
 import { deviceService } from "./device-service.js";
 import { faultService } from "./fault-service.js";
-import { type ServiceDeps, withSafeDecode } from "./handler.js";
+import { type RpcObserver, type ServiceDeps, withSafeDecode } from "./handler.js";
 import { inspectService } from "./inspect-service.js";
 import { memoryService } from "./memory-service.js";
 import { DaemonOps, ShutdownGraceExpiredError } from "./ops.js";
 import { Registry } from "./registry.js";
 import { registerSessionResources } from "./session-resources.js";
 import { SessionManager } from "./session.js";
+import { methodAccess, Tenancy } from "./tenancy.js";
 import { sessionService } from "./session-service.js";
 import { modelMemlock, systemService } from "./system-service.js";
+import { TraceServiceService } from "../gen/mmsim/v1/trace.js";
+import { Tracer } from "./trace.js";
+import { traceService } from "./trace-service.js";
+import { SnapshotServiceService } from "../gen/mmsim/v1/snapshot.js";
+import { restoreAtStartup, snapshotService } from "./snapshot-service.js";
 
 export const DEFAULT_SHUTDOWN_GRACE_MS = 5000;
 
@@ -62,6 +69,10 @@ export interface Daemon {
   metricsAddress: string | undefined;
   /** true once a shutdown had to cancel calls after the grace period. */
   readonly forcedShutdown: boolean;
+  /** Token check; undefined when authentication is off. */
+  auth: Authenticator | undefined;
+  /** Re-read the tokens (--auth-token-file) and return how many there are; throws ConfigError and keeps the old ones on a bad file. */
+  reloadTokens(): number;
   /** Stop accepting calls, end sessions and streams; force after graceMs (default config.shutdownGraceMs). */
   shutdown(graceMs?: number): Promise<void>;
 }
@@ -71,14 +82,21 @@ export interface CreateServerOptions {
   logger?: Logger;
 }
 
-function bind(server: Server, listen: string): Promise<number> {
+function bind(server: Server, listen: string, creds: ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(listen, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
+    server.bindAsync(listen, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
 }
 
 export async function createServer(config: DaemonConfig, opts: CreateServerOptions = {}): Promise<Daemon> {
   const log = opts.logger ?? pino({ level: config.logLevel });
+  // Authentication first: a refused configuration builds nothing.
+  const tokens = loadTokens(config);
+  checkListenPolicy(config, tokens);
+  const creds = serverCredentials(config);
+  const auth = authEnabled(config, tokens) ? new Authenticator(tokens, config.tlsTenantFromCn) : undefined;
+  const fileWarning = config.authTokenFile !== "" ? tokenFileWarning(config.authTokenFile) : undefined;
+  if (fileWarning !== undefined) log.warn(fileWarning);
   const kernel = new Kernel({
     phys: { ramBytes: config.ramBytes, movableBytes: config.movableBytes, cmaBytes: config.cmaBytes },
     tunables: { thpEnabled: config.thp },
@@ -86,9 +104,14 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
   const registry = new Registry();
   kernel.tunables.memlockLimitBytes = modelMemlock(registry);
   const sessions = new SessionManager({ graceMs: config.sessionGraceMs, log });
-  const server = new Server(grpcServerOptions(config));
+  // Refused calls are counted by ops' metrics, created just below with the server.
+  const interceptors: ServerInterceptor[] = auth !== undefined ? [authInterceptor(auth, methodAccess, log, (): RpcObserver | undefined => ops.metrics)] : [];
+  const server = new Server({ ...grpcServerOptions(config), ...(interceptors.length > 0 ? { interceptors } : {}) });
   const ops = new DaemonOps(server, kernel, sessions, config, log);
-  const d: ServiceDeps = { kernel, sessions, registry, log, config, rpc: ops.metrics };
+  const d: ServiceDeps = { kernel, sessions, registry, log, config, rpc: ops.metrics, trace: new Tracer(config, log) };
+  // A daemon restored from a snapshot at start-up does not start empty: its trace is not "from the start".
+  if (config.trace) d.trace!.start(config.trace, !(config as Partial<Record<"restore", string>>).restore);
+  if (auth !== undefined) d.tenancy = new Tenancy(kernel, registry, sessions, () => notifierHub(d));
   registerSessionResources(d);
 
   server.addService(withSafeDecode(SessionServiceService), sessionService(d));
@@ -103,10 +126,18 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
   server.addService(withSafeDecode(DmirrorServiceService), dmirrorService(d));
   server.addService(withSafeDecode(AdminServiceService), adminService(d));
   server.addService(withSafeDecode(GupServiceService), gupService(d));
+  server.addService(withSafeDecode(TraceServiceService), traceService(d));
+  server.addService(withSafeDecode(SnapshotServiceService), snapshotService(d));
+
+  // --restore: the snapshot replaces the empty state before anything is served.
+  if (config.restore) {
+    const r = await restoreAtStartup(d, config.restore);
+    log.info({ file: config.restore, sessions: r.sessions.length, mms: r.summary?.mms, digest: r.summary?.stateDigest }, "restored at start-up");
+  }
 
   ops.install();
 
-  const port = await bind(server, config.listen);
+  const port = await bind(server, config.listen, creds);
   const address = `${config.listen.slice(0, config.listen.lastIndexOf(":"))}:${port}`;
   try {
     await ops.serving();
@@ -137,7 +168,9 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
       // Streams keep tryShutdown waiting: end every session now.
       sessions.shutdown();
       notifierHub(d).shutdown(); // client mirror streams end with OK too
-    }).then(() => ops.close());
+    })
+      .then(() => ops.close())
+      .then(() => (d.trace?.recording ? d.trace.stop().then(() => undefined) : undefined));
     return stopping;
   };
 
@@ -153,6 +186,14 @@ export async function createServer(config: DaemonConfig, opts: CreateServerOptio
     metricsAddress: ops.metricsAddress,
     get forcedShutdown() {
       return forced;
+    },
+    auth,
+    reloadTokens: () => {
+      const next = loadTokens(config);
+      if (auth === undefined) return 0;
+      auth.setTokens(next);
+      log.info({ tokens: next.length }, "tokens reloaded");
+      return next.length;
     },
     shutdown,
   };

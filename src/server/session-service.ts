@@ -11,9 +11,11 @@ import {
   type ListSessionsResponse,
   type SessionServiceServer,
 } from "../gen/mmsim/v1/session.js";
+import { callerOf } from "./auth.js";
 import { toStatus } from "./errors.js";
 import { checkDecoded, type DecodeFailure, observeStream, rpcProbe, type ServiceDeps, unary } from "./handler.js";
 import type { Session, SessionStream } from "./session.js";
+import { runTraced } from "./trace.js";
 import { u64 } from "./validate.js";
 
 const SVC = "SessionService";
@@ -36,9 +38,16 @@ export function sessionService(d: ServiceDeps): SessionServiceServer {
         call.end();
       },
     };
+    /** step of this stream's open in the trace being recorded, or 0 */
+    let traceStream = 0;
     const gone = () => {
       handled(status.CANCELLED);
-      if (session !== undefined) d.sessions.detach(session, stream);
+      // The close's record waits for the release it may start, whose
+      // invalidations of other sessions' mirrors are part of its result.
+      const tc = session !== undefined && !finished ? d.trace?.streamCloseBegin(method, session.id, traceStream) : undefined;
+      const s = session;
+      if (s !== undefined) runTraced(tc, () => d.sessions.detach(s, stream));
+      if (tc !== undefined) void (s?.ended ?? Promise.resolve()).then(() => tc.tracer.finishStream(tc));
       finished = true;
     };
     call.on("cancelled", gone);
@@ -46,7 +55,9 @@ export function sessionService(d: ServiceDeps): SessionServiceServer {
     try {
       const req = checkDecoded(call.request as AttachSessionRequest | DecodeFailure);
       u64(req.sessionId, "session_id");
+      d.tenancy?.checkAttach(req, call.metadata);
       session = d.sessions.attach(req.sessionId, stream);
+      if (d.trace?.recording) traceStream = d.trace.streamOpen(method, session.id, req, Buffer.alloc(0));
       d.log.debug({ method, session: session.id, code: "OK", streams: session.streams.size }, "rpc stream attached");
     } catch (err) {
       const st = toStatus(err);
@@ -59,8 +70,9 @@ export function sessionService(d: ServiceDeps): SessionServiceServer {
   };
 
   return {
-    createSession: unary<CreateSessionRequest, CreateSessionResponse>(d, `${SVC}/CreateSession`, "none", (req) => {
-      const s = d.sessions.create(req.name, req.persistent);
+    createSession: unary<CreateSessionRequest, CreateSessionResponse>(d, `${SVC}/CreateSession`, "none", (req, c) => {
+      const s = d.sessions.create(req.name, req.persistent, callerOf(c.metadata).tenant);
+      d.tenancy?.sessionCreated(s);
       return { sessionId: s.id };
     }),
 
@@ -87,6 +99,7 @@ export function sessionService(d: ServiceDeps): SessionServiceServer {
           notifierCount: c.notifierCount,
           mirrorCount: c.mirrorCount,
           lockedBytes: c.lockedBytes,
+          tenant: s.tenant,
         };
       }),
     })),

@@ -58,6 +58,9 @@ export interface SessionCounters {
 export type ReleaseHook = (session: Session) => Promise<void> | void;
 export type CounterSource = (session: Session) => Partial<SessionCounters>;
 
+/** The tenant of every session when authentication is off. */
+export const DEFAULT_TENANT = "default";
+
 export class Session {
   state: SessionState;
   readonly streams = new Set<SessionStream>();
@@ -73,6 +76,8 @@ export class Session {
     readonly persistent: boolean,
     /** Child logger bound to this session (session id and name on every line). */
     readonly log: Logger,
+    /** Tenant of the caller that created it (DEFAULT_TENANT when authentication is off). */
+    readonly tenant: string = DEFAULT_TENANT,
   ) {
     this.state = persistent ? "persistent" : "pending";
   }
@@ -97,6 +102,12 @@ export class SessionManager {
   private readonly hooks = new Map<ReleaseStage, { name: string; fn: ReleaseHook }[]>(RELEASE_ORDER.map((s) => [s, []]));
   private readonly counterSources: CounterSource[] = [];
   private stopping = false;
+  /**
+   * Whether the caller of a call (its metadata) may use session `s`
+   * (tenancy.ts sets it when authentication is on); a session it may not use
+   * is refused exactly as an unknown one.
+   */
+  visible: ((md: Metadata, s: Session) => boolean) | null = null;
 
   constructor(private readonly opts: SessionManagerOptions) {}
 
@@ -123,10 +134,10 @@ export class SessionManager {
 
   // ------------------------------------------------------------- lifecycle
 
-  create(name: string, persistent: boolean): Session {
+  create(name: string, persistent: boolean, tenant: string = DEFAULT_TENANT): Session {
     if (this.stopping) throw new StatusError(status.UNAVAILABLE, ERRNO.EAGAIN, "the daemon is shutting down");
     const id = this.nextId++;
-    const s = new Session(id, name, persistent, this.opts.log.child({ session: id, sessionName: name }));
+    const s = new Session(id, name, persistent, this.opts.log.child({ session: id, sessionName: name, tenant }), tenant);
     this.sessions.set(s.id, s);
     if (!persistent) this.armGrace(s);
     s.log.debug({ persistent }, "session created");
@@ -145,6 +156,50 @@ export class SessionManager {
   get(id: number): Session | undefined {
     const s = this.sessions.get(id);
     return s !== undefined && s.live ? s : undefined;
+  }
+
+  /** Snapshot support: the live sessions and the id counter. */
+  snapshotState(): { nextId: number; ending: number; sessions: { id: number; name: string; persistent: boolean; tenant: string }[] } {
+    let ending = 0;
+    for (const s of this.sessions.values()) if (s.state === "ending") ending++;
+    return { nextId: this.nextId, ending, sessions: this.list().map((s) => ({ id: s.id, name: s.name, persistent: s.persistent, tenant: s.tenant })) };
+  }
+
+  /**
+   * Snapshot restore: the sessions of a snapshot come back persistent with
+   * their ids, names and tenants, and ids continue from `nextId`. Every
+   * live session other than `replace` must be gone (the caller checked);
+   * `replace` (the restoring caller's own empty session) is forgotten, its
+   * streams end with OK.
+   */
+  restoreState(nextId: number, entries: readonly { id: number; name: string; tenant: string }[], replace: number): Session[] {
+    for (const s of this.sessions.values()) {
+      if (s.id !== replace && s.live) throw new StatusError(status.FAILED_PRECONDITION, ERRNO.EBUSY, `session ${s.id} is live`);
+    }
+    const old = this.sessions.get(replace);
+    if (old !== undefined) {
+      if (old.graceTimer !== null) clearTimeout(old.graceTimer);
+      old.graceTimer = null;
+      old.state = "ended";
+      old.ended = Promise.resolve();
+      for (const st of old.streams) {
+        try {
+          st.end();
+        } catch {
+          // the peer is gone already
+        }
+      }
+      old.streams.clear();
+    }
+    this.sessions.clear();
+    const out: Session[] = [];
+    for (const e of entries) {
+      const s = new Session(e.id, e.name, true, this.opts.log.child({ session: e.id, sessionName: e.name, tenant: e.tenant }), e.tenant);
+      this.sessions.set(s.id, s);
+      out.push(s);
+    }
+    this.nextId = nextId;
+    return out;
   }
 
   /** Live sessions by ascending id. */
@@ -289,7 +344,8 @@ export class SessionManager {
   resolve(md: Metadata): Session {
     const id = sessionHeaderId(md);
     const s = this.get(id);
-    if (s === undefined) throw new StatusError(status.UNAUTHENTICATED, ERRNO.ESRCH, `session ${id} does not exist or has ended`);
+    if (s === undefined || (this.visible !== null && !this.visible(md, s)))
+      throw new StatusError(status.UNAUTHENTICATED, ERRNO.ESRCH, `session ${id} does not exist or has ended`);
     return s;
   }
 }

@@ -134,8 +134,8 @@ describe("mmsim CLI", () => {
     expect((await cli("devices")).stdout).toMatch(/\n\s*\d+\s+bar0\s+0x[0-9a-f]+-0x[0-9a-f]+\s+1 GiB\s+\d+\s+1\n/);
 
     const sessions = (await cli("sessions")).stdout;
-    expect(sessions).toMatch(/^ID\s+NAME\s+KIND/);
-    expect(sessions).toMatch(/\n\s*\d+\s+cli-test\s+persistent\s+0\s+\d+/);
+    expect(sessions).toMatch(/^ID\s+NAME\s+TENANT\s+KIND/);
+    expect(sessions).toMatch(/\n\s*\d+\s+cli-test\s+default\s+persistent\s+0\s+\d+/);
 
     expect((await cli("tunables", "--thp", "madvise")).stdout).toMatch(/^transparent_hugepage\/enabled\s+madvise$/m);
     expect((await cli("tunables", "--thp", "always", "--memlock", "unlimited")).stdout).toMatch(/^RLIMIT_MEMLOCK\s+unlimited/m);

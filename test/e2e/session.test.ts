@@ -51,6 +51,7 @@ describe("SessionService", () => {
         notifierCount: 0,
         mirrorCount: 0,
         lockedBytes: 0,
+        tenant: "default",
       },
       {
         sessionId: b.sessionId,
@@ -64,6 +65,7 @@ describe("SessionService", () => {
         notifierCount: 0,
         mirrorCount: 0,
         lockedBytes: 0,
+        tenant: "default",
       },
     ]);
   });

@@ -3,6 +3,7 @@
  * 127.0.0.1 with a free port, and promisified clients for every service.
  */
 import {
+  type ChannelCredentials,
   type Client,
   credentials,
   Metadata,
@@ -20,8 +21,9 @@ import { MemoryServiceClient, MemoryServiceService } from "../../src/gen/mmsim/v
 import { type AttachSessionResponse, SessionServiceClient, SessionServiceService } from "../../src/gen/mmsim/v1/session.js";
 import { SystemServiceClient, SystemServiceService } from "../../src/gen/mmsim/v1/system.js";
 import { AdminServiceClient, AdminServiceService } from "../../src/gen/mmsim/v1/admin.js";
+import { SnapshotServiceClient, SnapshotServiceService } from "../../src/gen/mmsim/v1/snapshot.js";
 import { DEFAULT_CONFIG, type DaemonConfig } from "../../src/server/config.js";
-import { createServer, type Daemon } from "../../src/server/server.js";
+import { createServer, type CreateServerOptions, type Daemon } from "../../src/server/server.js";
 
 /** Unary methods of a generated client, each returning a Promise of the response. */
 type UnaryOf<F> = F extends (...args: infer A) => unknown
@@ -41,6 +43,7 @@ const SERVICES = {
   system: [SystemServiceClient, SystemServiceService],
   gup: [GupServiceClient, GupServiceService],
   admin: [AdminServiceClient, AdminServiceService],
+  snapshot: [SnapshotServiceClient, SnapshotServiceService],
 } as const;
 
 type Raw = {
@@ -53,6 +56,7 @@ type Raw = {
   system: SystemServiceClient;
   gup: GupServiceClient;
   admin: AdminServiceClient;
+  snapshot: SnapshotServiceClient;
 };
 export type Clients = { [K in keyof Raw]: Promised<Raw[K]> };
 
@@ -105,22 +109,36 @@ export interface TestDaemon {
 /** Daemons started by this test file and not stopped yet (see test/setup/invariants.ts). */
 export const liveDaemons = new Set<TestDaemon>();
 
-export async function startDaemon(opts: Partial<DaemonConfig> = {}): Promise<TestDaemon> {
+/** How the test's own clients reach the daemon when it authenticates callers. */
+export interface ClientAccess {
+  /** sent as `authorization: Bearer <token>` on every call (the admin token for invariant checks) */
+  token?: string;
+  /** channel credentials (TLS); default plaintext */
+  credentials?: ChannelCredentials;
+}
+
+export async function startDaemon(opts: Partial<DaemonConfig> = {}, server: CreateServerOptions = {}, access: ClientAccess = {}): Promise<TestDaemon> {
   const config: DaemonConfig = { ...DEFAULT_CONFIG, listen: "127.0.0.1:0", metricsListen: "off", logLevel: "silent", ramBytes: 2 * 2 ** 30, ...opts };
-  const daemon = await createServer(config);
+  const daemon = await createServer(config, server);
   const address = daemon.address;
   const raw = Object.fromEntries(
-    Object.entries(SERVICES).map(([key, [Ctor]]) => [key, new Ctor(address, credentials.createInsecure())]),
+    Object.entries(SERVICES).map(([key, [Ctor]]) => [key, new Ctor(address, access.credentials ?? credentials.createInsecure())]),
   ) as unknown as Raw;
+  const withToken = (md: Metadata | undefined): Metadata | undefined => {
+    if (access.token === undefined) return md;
+    const out = md?.clone() ?? new Metadata();
+    out.set("authorization", `Bearer ${access.token}`);
+    return out;
+  };
   const build = (md: Metadata | undefined): Clients =>
     Object.fromEntries(
-      Object.entries(SERVICES).map(([key, [, def]]) => [key, promisify(raw[key as keyof Raw], def, md)]),
+      Object.entries(SERVICES).map(([key, [, def]]) => [key, promisify(raw[key as keyof Raw], def, withToken(md))]),
     ) as unknown as Clients;
   const clients = build(undefined);
   const streams = new Set<AttachedStream>();
 
   const attach = (sessionId: number): AttachedStream => {
-    const call = raw.session.attachSession({ sessionId });
+    const call = raw.session.attachSession({ sessionId }, withToken(undefined) ?? new Metadata());
     const messages: AttachSessionResponse[] = [];
     const waiters: { n: number; resolve: (m: AttachSessionResponse) => void; reject: (e: Error) => void }[] = [];
     let ended = false;

@@ -42,6 +42,16 @@ describe("loadConfig", () => {
       maxPagesPerRequest: 2 ** 28,
       maxMessageBytes: 64 * 2 ** 20,
       maxConcurrentStreams: 1000,
+      authTokens: [],
+      authTokenFile: "",
+      tlsCert: "",
+      tlsKey: "",
+      tlsClientCa: "",
+      tlsTenantFromCn: false,
+      insecureNoAuth: false,
+      snapshotDir: "",
+      restore: "",
+      trace: "",
     });
   });
 
@@ -73,6 +83,16 @@ describe("loadConfig", () => {
       maxPagesPerRequest: 2 ** 28,
       maxMessageBytes: 64 * 2 ** 20,
       maxConcurrentStreams: 1000,
+      authTokens: [],
+      authTokenFile: "",
+      tlsCert: "",
+      tlsKey: "",
+      tlsClientCa: "",
+      tlsTenantFromCn: false,
+      insecureNoAuth: false,
+      snapshotDir: "",
+      restore: "",
+      trace: "",
     });
   });
 
