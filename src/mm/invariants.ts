@@ -91,9 +91,18 @@ export function checkInvariants(k: Kernel, mmId?: number): InvariantReport {
     if (ref !== expected) {
       add({ code: ref < expected ? "I1" : "L1", message: `refcount ${ref}, expected ${expected} (${mapped} mappings, ${cacheRefs.get(head) ?? 0} cache, ${expected - mapped - (cacheRefs.get(head) ?? 0)} held)`, pfn: head });
     }
-    if (pins > 0 && f & PG_anon && !(p.flags(head) & PG_anon_exclusive) && !(f & PG_hugetlb))
-      add({ code: "I4", message: "pinned anon folio is not AnonExclusive", pfn: head });
   };
+  // I4: every page pinned with FOLL_PIN in an anon (non-hugetlb) folio is
+  // AnonExclusive, page by page (a pinned subpage of a PTE-mapped THP too).
+  k.pins.forEachPinnedRun((first, count) => {
+    for (let pfn = first; pfn < first + count; pfn++) {
+      const head = p.folioHead(pfn);
+      if ((p.flags(head) & (PG_anon | PG_hugetlb)) === PG_anon && !(p.flags(pfn) & PG_anon_exclusive)) {
+        add({ code: "I4", message: `pinned anon page is not AnonExclusive (folio ${head})`, pfn });
+        return;
+      }
+    }
+  });
   // RAM folios.
   for (let base = 0; base < p.ramPages; base += SECTION_PAGES) {
     const s = p.section(base);

@@ -347,6 +347,21 @@ export class PinRegistry {
     return { id, session: h.session, mmId: h.mmId, nrPages: h.nrPages, livePages: h.livePages, pins: h.pins, gets: h.gets, runs };
   }
 
+  /**
+   * Every stretch of pages held with FOLL_PIN as (first pfn, pages); a
+   * RUN_SAME run is one page. For CheckInvariants (I4, per pinned page).
+   */
+  forEachPinnedRun(fn: (pfn: number, count: number) => void): void {
+    for (const h of this.handles.values()) {
+      for (let r = 0; r < h.nRuns; r++) {
+        const fl = h.runFlags[r]!;
+        const cnt = h.runCount[r]!;
+        if (cnt === 0 || !(fl & RUN_PIN) || fl & RUN_NOOP) continue;
+        fn(h.runPfn[r]!, fl & RUN_SAME ? 1 : cnt);
+      }
+    }
+  }
+
   /** Pages a session has pinned with FOLL_LONGTERM (its memlock usage). */
   lockedPages(session: number): number {
     return this.sessions.get(session)?.locked ?? 0;

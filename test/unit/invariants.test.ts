@@ -127,3 +127,33 @@ describe("checkInvariants", () => {
     expectClean(k);
   });
 });
+
+describe("I4: pinned anon pages are AnonExclusive, page by page", () => {
+  it("flags the one pinned subpage of a PTE-mapped THP that lost AnonExclusive, not its exclusive head", async () => {
+    const { pinUserPages } = await import("../../src/mm/gup.js");
+    const { FOLL_WRITE, MADV_DONTNEED } = await import("../../src/mm/constants.js");
+    const { doMadvise } = await import("../../src/mm/mmap.js");
+    const { PG_anon_exclusive } = await import("../../src/mm/physmem.js");
+    const { releaseSession } = await import("../../src/mm/pins.js");
+    const k = mkKernel();
+    const mm = mkMm(k);
+    const raw = mmap(k, mm, 4 * MiB);
+    const a = raw - (raw % (2 * MiB)) + 2 * MiB;
+    write(k, mm, a, bytes(64, 3));
+    // Zap the first page: the THP becomes PTE-mapped.
+    doMadvise(k, mm, a, 4096, MADV_DONTNEED);
+    const sub = a + 5 * 4096;
+    const pfn = pfnAt(k, mm, sub);
+    const head = k.phys.folioHead(pfn);
+    expect(head).not.toBe(pfn);
+    expect(pinUserPages(k, mm, 1, sub, 1, FOLL_WRITE).ret).toBe(1);
+    expect(checkInvariants(k).violations).toEqual([]);
+    k.phys.clearFlags(pfn, PG_anon_exclusive);
+    const v = checkInvariants(k).violations.filter((x) => x.code === "I4");
+    expect(v.map((x) => x.pfn)).toEqual([pfn]);
+    expect(k.phys.flags(head) & PG_anon_exclusive).not.toBe(0);
+    k.phys.orFlags(pfn, PG_anon_exclusive);
+    releaseSession(k, 1);
+    expectClean(k);
+  });
+});
