@@ -567,18 +567,7 @@ class GupCollector {
       if (same) batchAddSamePfn(this.batch, pfn, n, head);
       else batchAddPfnNum(this.batch, pfn, n, head);
     }
-    if (this.pages !== null) {
-      const need = idx + n;
-      if (need > this.pages.length) {
-        let cap = this.pages.length * 2;
-        while (cap < need) cap *= 2;
-        const a = new Uint32Array(cap);
-        a.set(this.pages);
-        this.pages = a;
-      }
-      if (same) this.pages.fill(pfn, idx, need);
-      else for (let j = 0; j < n; j++) this.pages[idx + j] = pfn + j;
-    }
+    if (this.pages !== null) this.putPages(idx, pfn, n, same);
     return 0;
   }
 
@@ -623,20 +612,24 @@ class GupCollector {
     h.push(pfn, n, head, idx, rf);
     h.count(rf, n);
     if (this.outRanges) batchAddPfnNum(this.batch, pfn, n, head);
-    if (this.pages !== null) {
-      const need = idx + n;
-      if (need > this.pages.length) {
-        let cap = this.pages.length * 2;
-        while (cap < need) cap *= 2;
-        const a = new Uint32Array(cap);
-        a.set(this.pages);
-        this.pages = a;
-      }
-      const a = this.pages;
-      for (let j = 0; j < n; j++) a[idx + j] = pfn + j;
-    }
+    if (this.pages !== null) this.putPages(idx, pfn, n);
     if (touch) s.flags[i]! |= PG_referenced;
     return 0;
+  }
+
+  /** pages[idx..idx+n) = pfn..pfn+n (all pfn if `same`), growing the page array as needed. */
+  private putPages(idx: number, pfn: number, n: number, same = false): void {
+    let a = this.pages!;
+    const need = idx + n;
+    if (need > a.length) {
+      let cap = a.length * 2;
+      while (cap < need) cap *= 2;
+      const b = new Uint32Array(cap);
+      b.set(a);
+      this.pages = a = b;
+    }
+    if (same) a.fill(pfn, idx, need);
+    else for (let j = 0; j < n; j++) a[idx + j] = pfn + j;
   }
 
   /**
@@ -667,18 +660,7 @@ class GupCollector {
     else h.push(pfn, got, pfn, idx, rf);
     h.count(rf, got);
     if (this.outRanges) batchAddSmallPfns(this.batch, pfn, got);
-    if (this.pages !== null) {
-      const need = idx + got;
-      if (need > this.pages.length) {
-        let cap = this.pages.length * 2;
-        while (cap < need) cap *= 2;
-        const a = new Uint32Array(cap);
-        a.set(this.pages);
-        this.pages = a;
-      }
-      const a = this.pages;
-      for (let j = 0; j < got; j++) a[idx + j] = pfn + j;
-    }
+    if (this.pages !== null) this.putPages(idx, pfn, got);
     return got;
   }
 

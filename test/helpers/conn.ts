@@ -17,14 +17,7 @@ import { InspectServiceClient, InspectServiceService } from "../../src/gen/mmsim
 import { MemoryServiceClient, MemoryServiceService } from "../../src/gen/mmsim/v1/memory.js";
 import { NotifierServiceClient, NotifierServiceService } from "../../src/gen/mmsim/v1/notifier.js";
 import { SessionServiceClient, SessionServiceService } from "../../src/gen/mmsim/v1/session.js";
-import { sessionMetadata } from "./daemon.js";
-
-type UnaryOf<F> = F extends (...args: infer A) => unknown
-  ? A extends [infer Req, Metadata, unknown, (error: ServiceError | null, response: infer Res) => void]
-    ? (request: Req, metadata?: Metadata) => Promise<Res>
-    : never
-  : never;
-type Promised<C> = { [K in keyof C as UnaryOf<C[K]> extends never ? never : K]: UnaryOf<C[K]> };
+import { type Promised, sessionMetadata } from "./daemon.js";
 
 const SERVICES = {
   session: [SessionServiceClient, SessionServiceService],

@@ -26,12 +26,12 @@ import { DEFAULT_CONFIG, type DaemonConfig } from "../../src/server/config.js";
 import { createServer, type CreateServerOptions, type Daemon } from "../../src/server/server.js";
 
 /** Unary methods of a generated client, each returning a Promise of the response. */
-type UnaryOf<F> = F extends (...args: infer A) => unknown
+export type UnaryOf<F> = F extends (...args: infer A) => unknown
   ? A extends [infer Req, Metadata, unknown, (error: ServiceError | null, response: infer Res) => void]
     ? (request: Req, metadata?: Metadata) => Promise<Res>
     : never
   : never;
-type Promised<C> = { [K in keyof C as UnaryOf<C[K]> extends never ? never : K]: UnaryOf<C[K]> };
+export type Promised<C> = { [K in keyof C as UnaryOf<C[K]> extends never ? never : K]: UnaryOf<C[K]> };
 
 const SERVICES = {
   session: [SessionServiceClient, SessionServiceService],
