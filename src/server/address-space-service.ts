@@ -2,7 +2,15 @@
  * AddressSpaceService (address_space.proto): mms, files and the mmap family.
  * Every RPC but ListMms is mutating and needs the session header.
  */
-import { checkMmsLimit } from "./limits.js";
+import {
+  checkMmsLimit,
+  checkVmasLimit,
+  forkVmaGrowth,
+  madviseVmaGrowth,
+  mmapVmaGrowth,
+  mprotectVmaGrowth,
+  munmapVmaGrowth,
+} from "./limits.js";
 import {
   MAP_ANONYMOUS,
   MAP_FIXED,
@@ -154,6 +162,7 @@ export function addressSpaceService(d: ServiceDeps): AddressSpaceServiceServer {
       checkMmsLimit(d, k, c.sessionId);
       const child = await runModelOp(k, [req.mmId], "write", () => {
         const parent = liveMm(k, req.mmId);
+        checkVmasLimit(d, k, c.sessionId, forkVmaGrowth(parent), "ForkMm");
         return forkMm(k, parent, req.name !== "" ? req.name : `${parent.name}-child`, c.sessionId);
       });
       d.registry.mmParent.set(child.id, req.mmId);
@@ -237,7 +246,12 @@ export function addressSpaceService(d: ServiceDeps): AddressSpaceServiceServer {
     mmap: unary<MmapRequest, MmapResponse>(d, `${SVC}/Mmap`, "required", async (req) => {
       objectId(req.mmId, "mm_id");
       mmapRequest(req);
-      const addr = await runModelOp(k, [req.mmId], "write", () => doMmap(k, liveMm(k, req.mmId), mmapRequest(req)));
+      const addr = await runModelOp(k, [req.mmId], "write", () => {
+        const mm = liveMm(k, req.mmId);
+        const mr = mmapRequest(req);
+        checkVmasLimit(d, k, mm.ownerSession, mmapVmaGrowth(mm, mr.addr, mr.length, mr.flags), "Mmap");
+        return doMmap(k, mm, mr);
+      });
       return { addr };
     }),
 
@@ -245,7 +259,11 @@ export function addressSpaceService(d: ServiceDeps): AddressSpaceServiceServer {
       objectId(req.mmId, "mm_id");
       pageAligned(req.addr, "addr");
       positive(req.length, "length");
-      await runModelOp(k, [req.mmId], "write", () => doMunmap(k, liveMm(k, req.mmId), req.addr, req.length));
+      await runModelOp(k, [req.mmId], "write", () => {
+        const mm = liveMm(k, req.mmId);
+        checkVmasLimit(d, k, mm.ownerSession, munmapVmaGrowth(mm, req.addr, req.length), "Munmap");
+        doMunmap(k, mm, req.addr, req.length);
+      });
       return {};
     }),
 
@@ -254,7 +272,11 @@ export function addressSpaceService(d: ServiceDeps): AddressSpaceServiceServer {
       pageAligned(req.addr, "addr");
       u64(req.length, "length");
       mask(req.prot, PROT_MASK, "prot");
-      await runModelOp(k, [req.mmId], "write", () => doMprotect(k, liveMm(k, req.mmId), req.addr, req.length, req.prot));
+      await runModelOp(k, [req.mmId], "write", () => {
+        const mm = liveMm(k, req.mmId);
+        checkVmasLimit(d, k, mm.ownerSession, mprotectVmaGrowth(mm, req.addr, req.length, req.prot), "Mprotect");
+        doMprotect(k, mm, req.addr, req.length, req.prot);
+      });
       return {};
     }),
 
@@ -263,7 +285,11 @@ export function addressSpaceService(d: ServiceDeps): AddressSpaceServiceServer {
       pageAligned(req.addr, "addr");
       u64(req.length, "length");
       enumValue(req.advice, MADVICE_VALUES, "advice");
-      await runModelOp(k, [req.mmId], "write", () => doMadvise(k, liveMm(k, req.mmId), req.addr, req.length, req.advice));
+      await runModelOp(k, [req.mmId], "write", () => {
+        const mm = liveMm(k, req.mmId);
+        checkVmasLimit(d, k, mm.ownerSession, madviseVmaGrowth(mm, req.addr, req.length, req.advice), "Madvise");
+        doMadvise(k, mm, req.addr, req.length, req.advice);
+      });
       return {};
     }),
   };

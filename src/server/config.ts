@@ -37,6 +37,12 @@ export interface DaemonConfig {
   faultInjection: boolean;
   /** live mms one session may own (CreateMm, ForkMm); beyond: RESOURCE_EXHAUSTED. */
   maxMmsPerSession: number;
+  /** VMAs over the live mms one session owns (Mmap, Munmap, Mprotect, Madvise, ForkMm); beyond: RESOURCE_EXHAUSTED. */
+  maxVmasPerSession: number;
+  /** FOLL_LONGTERM pages one session may hold pinned; beyond: RESOURCE_EXHAUSTED. */
+  maxLongtermPagesPerSession: number;
+  /** invalidations sent to one client mirror and not yet acknowledged; beyond: the mirror is dead. */
+  maxMirrorQueueDepth: number;
   /** pages one request may name (nr_pages / npages / length in pages); beyond: RESOURCE_EXHAUSTED. */
   maxPagesPerRequest: number;
   /** largest request message accepted, bytes; beyond: RESOURCE_EXHAUSTED (grpc-js). */
@@ -79,6 +85,9 @@ export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
   mirrorDeadlineMs: 5000,
   faultInjection: false,
   maxMmsPerSession: 1024,
+  maxVmasPerSession: 1_048_576, // 16 mms at vm.max_map_count 65530
+  maxLongtermPagesPerSession: 2 ** 24, // 64 GiB of 4 KiB pages
+  maxMirrorQueueDepth: 1024,
   maxPagesPerRequest: 2 ** 28, // 1 TiB of 4 KiB pages
   maxMessageBytes: 64 * 2 ** 20,
   maxConcurrentStreams: 1000,
@@ -128,6 +137,12 @@ Options (precedence: flags > environment > config file > defaults):
   --fault-injection BOOL AdminService may configure fault injection (tests only)
                          (MMSIM_FAULT_INJECTION; default false)
   --max-mms-per-session N  live mms one session may own (MMSIM_MAX_MMS_PER_SESSION; default 1024)
+  --max-vmas-per-session N  VMAs over the live mms one session owns
+                         (MMSIM_MAX_VMAS_PER_SESSION; default 1048576)
+  --max-longterm-pages-per-session N  FOLL_LONGTERM pages one session may hold pinned
+                         (MMSIM_MAX_LONGTERM_PAGES_PER_SESSION; default 16777216)
+  --max-mirror-queue-depth N  unacknowledged invalidations one client mirror may have;
+                         beyond, the mirror is dead (MMSIM_MAX_MIRROR_QUEUE_DEPTH; default 1024)
   --max-pages-per-request N  pages one request may name (MMSIM_MAX_PAGES_PER_REQUEST; default 268435456)
   --max-message-bytes SIZE  largest request message (MMSIM_MAX_MESSAGE_BYTES; default 64M)
   --max-concurrent-streams N  HTTP/2 streams per connection, 0 = unlimited
@@ -155,7 +170,8 @@ Options (precedence: flags > environment > config file > defaults):
                          logLevel, thp, sessionGraceMs, metricsListen,
                          shutdownGraceMs, keepaliveTimeMs, keepaliveTimeoutMs,
                          mirrorDeadlineMs, faultInjection, maxMmsPerSession,
-                         maxPagesPerRequest, maxMessageBytes, maxConcurrentStreams,
+                         maxVmasPerSession, maxLongtermPagesPerSession,
+                         maxMirrorQueueDepth, maxPagesPerRequest, maxMessageBytes, maxConcurrentStreams,
                          trace, authTokens (array), authTokenFile, tlsCert, tlsKey,
                          tlsClientCa, tlsTenantFromCn, insecureNoAuth, snapshotDir,
                          restore (MMSIM_CONFIG)
@@ -284,6 +300,14 @@ const SETTINGS: { flag: string; env: string; keys: string[]; set: Setter }[] = [
   },
   { flag: "fault-injection", env: "MMSIM_FAULT_INJECTION", keys: ["faultInjection"], set: (c, v, w) => (c.faultInjection = parseBool(v, w)) },
   { flag: "max-mms-per-session", env: "MMSIM_MAX_MMS_PER_SESSION", keys: ["maxMmsPerSession"], set: (c, v, w) => (c.maxMmsPerSession = parseCount(v, w, 1)) },
+  { flag: "max-vmas-per-session", env: "MMSIM_MAX_VMAS_PER_SESSION", keys: ["maxVmasPerSession"], set: (c, v, w) => (c.maxVmasPerSession = parseCount(v, w, 1)) },
+  {
+    flag: "max-longterm-pages-per-session",
+    env: "MMSIM_MAX_LONGTERM_PAGES_PER_SESSION",
+    keys: ["maxLongtermPagesPerSession"],
+    set: (c, v, w) => (c.maxLongtermPagesPerSession = parseCount(v, w, 1)),
+  },
+  { flag: "max-mirror-queue-depth", env: "MMSIM_MAX_MIRROR_QUEUE_DEPTH", keys: ["maxMirrorQueueDepth"], set: (c, v, w) => (c.maxMirrorQueueDepth = parseCount(v, w, 1)) },
   { flag: "max-pages-per-request", env: "MMSIM_MAX_PAGES_PER_REQUEST", keys: ["maxPagesPerRequest"], set: (c, v, w) => (c.maxPagesPerRequest = parseCount(v, w, 1)) },
   {
     flag: "max-message-bytes",

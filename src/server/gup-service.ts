@@ -13,7 +13,8 @@
  * built).
  */
 import { batchFolios, batchRuns } from "../mm/pfn-batch.js";
-import { gupCall, type GupRequest, type GupVariant as MmGupVariant } from "../mm/gup.js";
+import { GUP_VARIANTS, gupCall, type GupRequest, type GupVariant as MmGupVariant, isValidGupArgs } from "../mm/gup.js";
+import { checkLongtermPinLimit } from "./limits.js";
 import type { ReleaseResult } from "../mm/pins.js";
 import { RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME } from "../mm/pins.js";
 import {
@@ -121,7 +122,13 @@ export function gupService(d: ServiceDeps): GupServiceServer {
         folioSegments: output === "ranges" && req.wantFolioRuns,
       };
       if (req.locked !== undefined) gr.locked = req.locked;
-      return thenMaybe(modelOp(k, [req.mmId], "read", () => gupCall(k, liveMm(k, req.mmId), gr)), (r): PinUserPagesResponse => {
+      return thenMaybe(modelOp(k, [req.mmId], "read", () => {
+          const mm = liveMm(k, req.mmId);
+          const info = GUP_VARIANTS[variant];
+          const flags = isValidGupArgs(req.gupFlags >>> 0, info.set, wantPages, info.remote ? gr.locked : undefined);
+          if (typeof flags === "number") checkLongtermPinLimit(d, k, c.sessionId, flags, req.nrPages);
+          return gupCall(k, mm, gr);
+        }), (r): PinUserPagesResponse => {
         const ranges = output === "ranges" && r.ret > 0 ? batchRuns(r.ranges) : [];
         const folioRuns =
           output === "ranges" && req.wantFolioRuns && r.ret > 0 ? batchFolios(r.ranges).map((f) => ({ headPfn: f.head, pfn: f.pfn, count: f.count })) : [];

@@ -13,9 +13,11 @@
  * dead after the mirror deadline. Queued invalidations leave in one
  * InvalidationBatch per event-loop turn.
  *
- * Mirror lifecycle: "open" -> "dead" (deadline missed: notifiers removed,
+ * Mirror lifecycle: "open" -> "dead" (deadline missed, or more unacknowledged
+ * invalidations than --max-mirror-queue-depth: notifiers removed,
  * waiters released, `dead` message, stream ended, MIRROR_DEAD session notice,
- * warning logged) or "closed" (stream ended or cancelled, session ended:
+ * warning logged; over the queue depth the stream ends RESOURCE_EXHAUSTED)
+ * or "closed" (stream ended or cancelled, session ended:
  * notifiers removed, waiters released). Only "open" mirrors get messages.
  */
 import { type handleBidiStreamingCall, status } from "@grpc/grpc-js";
@@ -54,7 +56,7 @@ import {
   SubscribeResponse,
 } from "../gen/mmsim/v1/notifier.js";
 import { SessionNoticeKind } from "../gen/mmsim/v1/session.js";
-import { ERRNO, invalidArgument, notFoundError, toStatus } from "./errors.js";
+import { ERRNO, invalidArgument, notFoundError, StatusError, toStatus } from "./errors.js";
 import { DecodeFailure, observeStream, rpcProbe, type ServiceDeps, unary } from "./handler.js";
 import { knownMm, liveMm } from "./lookup.js";
 import { modelOps } from "./model-op.js";
@@ -72,7 +74,8 @@ export function eventToProto(e: KEvent): number {
 
 interface StreamOut {
   write(msg: SubscribeResponse): void;
-  end(): void;
+  /** End the stream: OK, or with the status of `err`. */
+  end(err?: unknown): void;
 }
 
 interface Waiter {
@@ -139,6 +142,14 @@ export class RemoteMirror implements IntervalOps {
     // Several notifiers of this mirror hit by the same range: one message.
     if (merged && this.last !== null) {
       this.last.inv.notifierIds.push(sub.id);
+      return true;
+    }
+    const depth = this.hub.maxQueueDepth;
+    if (this.outstanding.size >= depth) {
+      // One more would exceed --max-mirror-queue-depth: a dead mirror, whose
+      // stream ends with RESOURCE_EXHAUSTED; this invalidation waits for nothing.
+      const reason = `${this.outstanding.size} invalidations not acknowledged, one more would exceed the limit (--max-mirror-queue-depth ${depth})`;
+      this.die(reason, new StatusError(status.RESOURCE_EXHAUSTED, ERRNO.ENOMEM, `mirror ${this.id} declared dead: ${reason}`));
       return true;
     }
     const whole = range.end >= RANGE_END_ALL;
@@ -231,13 +242,13 @@ export class RemoteMirror implements IntervalOps {
   }
 
   /** Declared dead: the operations proceed, the client is told why. */
-  die(reason: string): void {
+  die(reason: string, err?: unknown): void {
     if (this.state !== "open") return;
     this.state = "dead";
     const ids = this.removeAll();
     this.flush();
     this.out.write({ dead: { reason, notifierIds: ids } });
-    this.out.end();
+    this.out.end(err);
     this.hub.sessions?.notify(this.session.id, { kind: SessionNoticeKind.SESSION_NOTICE_KIND_MIRROR_DEAD, message: reason, objectId: this.id, count: ids.length });
     this.hub.log.warn({ mirror: this.id, mirrorName: this.name, session: this.session.id, notifiers: ids, reason }, "mirror declared dead");
   }
@@ -279,6 +290,8 @@ export class NotifierHub {
   sessions: ServiceDeps["sessions"] | null = null;
   /** Called as each client-mirror invalidation starts (benchmarks time its delivery); null = off. */
   onQueued: ((mirror: number, invalidationId: number) => void) | null = null;
+  /** unacknowledged invalidations one mirror may have (--max-mirror-queue-depth) */
+  maxQueueDepth = Number.MAX_SAFE_INTEGER;
 
   constructor(
     readonly k: Kernel,
@@ -352,6 +365,7 @@ export function notifierHub(d: ServiceDeps): NotifierHub {
   if (h === undefined) {
     h = new NotifierHub(d.kernel, d.log, d.config.mirrorDeadlineMs ?? 5000);
     h.sessions = d.sessions;
+    h.maxQueueDepth = d.config.maxMirrorQueueDepth ?? 1024;
     hubs.set(d.kernel, h);
   }
   return h;
@@ -421,7 +435,8 @@ export function notifierService(d: ServiceDeps): NotifierServiceServer {
       write: (msg) => {
         if (!finished) call.write(msg);
       },
-      end: () => {
+      end: (err?: unknown) => {
+        if (err !== undefined) return fail(err);
         if (finished) return;
         finished = true;
         done(status.OK);

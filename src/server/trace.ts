@@ -93,6 +93,9 @@ export const REPLAYED_CONFIG = [
   "mirrorDeadlineMs",
   "faultInjection",
   "maxMmsPerSession",
+  "maxVmasPerSession",
+  "maxLongtermPagesPerSession",
+  "maxMirrorQueueDepth",
   "maxPagesPerRequest",
   "maxMessageBytes",
 ] as const satisfies readonly (keyof DaemonConfig)[];
