@@ -5,7 +5,9 @@ The script plays a driver (say a GPU driver) and the process it serves:
 it opens a session that lives while its AttachSession stream is open,
 creates a process (mm), maps and touches memory, forks, takes a fault,
 exposes a device BAR through a VM_PFNMAP mapping filled with
-vmf_insert_pfn_range, inspects the result, and closes the session.
+vmf_insert_pfn_range, pins a buffer long-term, mirrors it on a device
+(Subscribe stream, interval notifier, hmm_range_fault) and acknowledges the
+invalidation of its munmap, inspects the result, and closes the session.
 
 Stubs are generated into examples/python/gen/ (git-ignored) on first run with
 Debian's protoc and grpc_python_plugin:
@@ -19,6 +21,7 @@ Exit status: 0 when every step behaved as expected, 1 otherwise.
 import argparse
 import glob
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -75,6 +78,8 @@ from mmsim.v1 import common_pb2  # noqa: E402
 from mmsim.v1 import device_pb2, device_pb2_grpc  # noqa: E402
 from mmsim.v1 import fault_pb2, fault_pb2_grpc  # noqa: E402
 from mmsim.v1 import gup_pb2, gup_pb2_grpc  # noqa: E402
+from mmsim.v1 import hmm_pb2, hmm_pb2_grpc  # noqa: E402
+from mmsim.v1 import notifier_pb2, notifier_pb2_grpc  # noqa: E402
 from mmsim.v1 import inspect_pb2, inspect_pb2_grpc  # noqa: E402
 from mmsim.v1 import memory_pb2, memory_pb2_grpc  # noqa: E402
 from mmsim.v1 import session_pb2, session_pb2_grpc  # noqa: E402
@@ -98,6 +103,51 @@ def errno_of(err):
     return err.code().name
 
 
+class Mirror:
+    """A device mirror: a Subscribe stream whose invalidations are acknowledged at once."""
+
+    def __init__(self, stub, md):
+        self.requests = queue.Queue()
+        self.requests.put(notifier_pb2.SubscribeRequest(open=notifier_pb2.SubscribeOpen(name="python-gpu")))
+        self.acked = []
+        self.status = None
+        self.opened = threading.Event()
+        self.done = threading.Event()
+        self.mirror_id = 0
+        self.stream = stub.Subscribe(iter(self.requests.get, None), metadata=md)
+        threading.Thread(target=self._read, daemon=True).start()
+        expect(self.opened.wait(10), "Subscribe sent no first message")
+
+    def _read(self):
+        try:
+            for msg in self.stream:
+                kind = msg.WhichOneof("event")
+                if kind == "subscribed":
+                    self.mirror_id = msg.subscribed.mirror_id
+                    self.opened.set()
+                elif kind == "invalidations":
+                    # Here a real driver would clear its device page table for
+                    # [start, end) and flush its TLB, then acknowledge.
+                    batch = list(msg.invalidations.invalidations)
+                    self.acked.extend(batch)
+                    self.requests.put(notifier_pb2.SubscribeRequest(ack=notifier_pb2.InvalidationAck(
+                        invalidation_ids=[i.invalidation_id for i in batch])))
+                elif kind == "dead":
+                    self.status = "DEAD: " + msg.dead.reason
+            if self.status is None:
+                self.status = "OK"
+        except grpc.RpcError as e:
+            self.status = e.code().name
+        finally:
+            self.opened.set()
+            self.done.set()
+
+    def close(self):
+        """Half-closes the stream; the daemon removes the mirror and ends it."""
+        self.requests.put(None)
+        expect(self.done.wait(10), "the mirror stream did not end")
+
+
 class Driver:
     def __init__(self, addr):
         # Keepalive: the daemon notices a dead driver (and ends its session)
@@ -115,6 +165,8 @@ class Driver:
         self.inspect = inspect_pb2_grpc.InspectServiceStub(self.channel)
         self.system = system_pb2_grpc.SystemServiceStub(self.channel)
         self.gup = gup_pb2_grpc.GupServiceStub(self.channel)
+        self.notifier = notifier_pb2_grpc.NotifierServiceStub(self.channel)
+        self.hmm = hmm_pb2_grpc.HmmServiceStub(self.channel)
         self.md = None
         self.notices = []
         self.attached = threading.Event()
@@ -214,11 +266,38 @@ class Driver:
         expect(un.released.pages == 512 and ps.outstanding_pins == 0, f"unpinned {un.released.pages}, {ps.outstanding_pins} outstanding")
         print(f"unpinned {un.released.pages} pages; nr_foll_pin_acquired {ps.nr_foll_pin_acquired}"
               f" == nr_foll_pin_released {ps.nr_foll_pin_released}")
-        self.aspace.Munmap(asp.MunmapRequest(mm_id=mm, addr=buf, length=2 * MiB), metadata=self.md)
+        # A device mirror of the buffer, as a GPU driver keeps one (HMM): a
+        # Subscribe stream carries the MMU-notifier invalidations to this
+        # process, which tears its device mapping down and acknowledges; the
+        # daemon's munmap waits for that acknowledgement, as the kernel waits
+        # for invalidate_range_start.
+        mirror = Mirror(self.notifier, self.md)
+        note = self.notifier.InsertIntervalNotifier(notifier_pb2.InsertIntervalNotifierRequest(
+            mirror_id=mirror.mirror_id, mm_id=mm, start=buf, length=2 * MiB), metadata=self.md)
+        seq = self.notifier.ReadBegin(notifier_pb2.ReadBeginRequest(notifier_id=note.notifier_id), metadata=self.md).seq
+        HMM_PFN_REQ_FAULT, HMM_PFN_REQ_WRITE = 0x80000000, 0x40000000
+        hf = self.hmm.HmmRangeFault(hmm_pb2.HmmRangeFaultRequest(
+            notifier_id=note.notifier_id, notifier_seq=seq, start=buf, end=buf + 2 * MiB,
+            default_flags=HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE, output=hmm_pb2.HMM_OUTPUT_COMPACT), metadata=self.md)
+        expect(hf.errno_value == 0 and len(hf.runs) >= 1, f"hmm_range_fault: errno {hf.errno_value}, {len(hf.runs)} runs")
+        retry = self.notifier.ReadRetry(notifier_pb2.ReadRetryRequest(notifier_id=note.notifier_id, seq=seq), metadata=self.md).retry
+        expect(not retry, "mmu_interval_read_retry reported a change with nothing running")
+        runs = ", ".join(f"pfn {r.pfn:#x}+{r.nr_pages} order {r.order}" for r in hf.runs)
+        print(f"mirrored {buf:#x}+2 MiB (notifier {note.notifier_id}): hmm_range_fault {len(hf.runs)} run(s): {runs}")
 
-        # --- MMU notifiers / HMM: register an interval notifier on the
-        # --- buffer, watch the invalidation of a munmap, hmm_range_fault.
-        # --- Added here when those services exist.
+        self.aspace.Munmap(asp.MunmapRequest(mm_id=mm, addr=buf, length=2 * MiB), metadata=self.md)
+        # Munmap has returned, so its invalidation was received and acknowledged.
+        inv = mirror.acked
+        expect(len(inv) == 1, f"{len(inv)} invalidations for one munmap")
+        ev = notifier_pb2.MmuNotifyEvent.Name(inv[0].event).replace("MMU_NOTIFY_EVENT_", "")
+        expect(ev == "UNMAP" and inv[0].start == buf and inv[0].end == buf + 2 * MiB and list(inv[0].notifier_ids) == [note.notifier_id],
+               f"invalidation {inv[0]}")
+        retry = self.notifier.ReadRetry(notifier_pb2.ReadRetryRequest(notifier_id=note.notifier_id, seq=seq), metadata=self.md).retry
+        expect(retry, "mmu_interval_read_retry missed the munmap")
+        print(f"munmap invalidated the mirror: {ev} {inv[0].start:#x}-{inv[0].end:#x} seq {inv[0].seq}, acknowledged; read_retry={retry}")
+        self.notifier.RemoveIntervalNotifier(notifier_pb2.RemoveIntervalNotifierRequest(notifier_id=note.notifier_id), metadata=self.md)
+        mirror.close()
+        expect(mirror.status == "OK", f"mirror stream ended {mirror.status}")
 
         maps = self.inspect.GetMaps(inspect_pb2.GetMapsRequest(mm_id=mm)).vmas
         print("maps:")

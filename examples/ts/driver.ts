@@ -3,7 +3,9 @@
  * generated from the protos (src/gen, by `npm run build`). The same scenario
  * as examples/python/driver.py: a session that lives while its AttachSession
  * stream is open, a process, memory writes and reads, fork and COW, a fault,
- * a device BAR mapped VM_PFNMAP and filled by vmf_insert_pfn_range,
+ * a device BAR mapped VM_PFNMAP and filled by vmf_insert_pfn_range, a
+ * long-term pin, a device mirror (hmm_range_fault, then the munmap
+ * invalidation it acknowledges),
  * inspection, and the end of the session.
  *
  *   npx tsx examples/ts/driver.ts --addr 127.0.0.1:50051
@@ -18,8 +20,10 @@ import { pageTableLevelToJSON } from "../../src/gen/mmsim/v1/common.js";
 import { DeviceServiceClient, InsertMode } from "../../src/gen/mmsim/v1/device.js";
 import { FaultAccess, FaultServiceClient } from "../../src/gen/mmsim/v1/fault.js";
 import { GupOutput, GupServiceClient, GupVariant } from "../../src/gen/mmsim/v1/gup.js";
+import { HmmOutput, HmmServiceClient } from "../../src/gen/mmsim/v1/hmm.js";
 import { InspectServiceClient, pageTableEntryKindToJSON } from "../../src/gen/mmsim/v1/inspect.js";
 import { MemoryServiceClient } from "../../src/gen/mmsim/v1/memory.js";
+import { type Invalidation, mmuNotifyEventToJSON, NotifierServiceClient, type SubscribeResponse } from "../../src/gen/mmsim/v1/notifier.js";
 import { type AttachSessionResponse, SessionNoticeKind, SessionServiceClient, sessionNoticeKindToJSON } from "../../src/gen/mmsim/v1/session.js";
 import { SystemServiceClient } from "../../src/gen/mmsim/v1/system.js";
 
@@ -70,6 +74,8 @@ export async function runDriver(address: string, print: (line: string) => void =
   const inspect = new InspectServiceClient(address, creds);
   const system = new SystemServiceClient(address, creds);
   const gup = new GupServiceClient(address, creds);
+  const notifier = new NotifierServiceClient(address, creds);
+  const hmm = new HmmServiceClient(address, creds);
   let stream: ClientReadableStream<AttachSessionResponse> | undefined;
   try {
     const v = await call(system, system.getVersion, {});
@@ -161,11 +167,72 @@ export async function runDriver(address: string, print: (line: string) => void =
     const ps = await call(gup, gup.getPinStats, { sessionId: 0 });
     expect(un.released?.pages === 512 && ps.outstandingPins === 0, `unpinned ${un.released?.pages}, ${ps.outstandingPins} pins outstanding`);
     print(`unpinned ${un.released?.pages} pages; nr_foll_pin_acquired ${ps.nrFollPinAcquired} == nr_foll_pin_released ${ps.nrFollPinReleased}`);
-    await call(aspace, aspace.munmap, { mmId: mm, addr: buf.addr, length: 2 * MiB }, md);
+    // A device mirror of the buffer, as a GPU driver keeps one (HMM): a
+    // Subscribe stream carries the MMU-notifier invalidations to this
+    // process, which tears its device mapping down and acknowledges; the
+    // daemon's munmap waits for that acknowledgement, as the kernel waits for
+    // invalidate_range_start.
+    const sub = notifier.subscribe(md);
+    const acked: Invalidation[] = [];
+    const subEnded = new Promise<StatusObject>((resolve) => sub.on("status", resolve));
+    sub.on("error", () => {
+      // the status event carries the outcome
+    });
+    const mirrorId = await new Promise<number>((resolve, reject) => {
+      sub.on("data", (m: SubscribeResponse) => {
+        if (m.subscribed) resolve(m.subscribed.mirrorId);
+        else if (m.invalidations) {
+          // Here a real driver clears its device page table for [start, end)
+          // and flushes its TLB, then acknowledges.
+          acked.push(...m.invalidations.invalidations);
+          sub.write({ ack: { invalidationIds: m.invalidations.invalidations.map((i) => i.invalidationId), refusedIds: [] } });
+        }
+      });
+      sub.on("status", (st: StatusObject) => reject(new Failed(`Subscribe ended (${st.code}) before its first message`)));
+      sub.write({ open: { name: "ts-gpu" } });
+    });
+    const note = await call(notifier, notifier.insertIntervalNotifier, { mirrorId, mmId: mm, start: buf.addr, length: 2 * MiB }, md);
+    const { seq } = await call(notifier, notifier.readBegin, { notifierId: note.notifierId }, md);
+    const HMM_PFN_REQ_FAULT = 0x8000_0000;
+    const HMM_PFN_REQ_WRITE = 0x4000_0000;
+    const hf = await call(
+      hmm,
+      hmm.hmmRangeFault,
+      {
+        notifierId: note.notifierId,
+        notifierSeq: seq,
+        start: buf.addr,
+        end: buf.addr + 2 * MiB,
+        defaultFlags: (HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE) >>> 0,
+        pfnFlagsMask: 0,
+        hmmPfns: Buffer.alloc(0),
+        devPrivateOwner: 0,
+        output: HmmOutput.HMM_OUTPUT_COMPACT,
+      },
+      md,
+    );
+    expect(hf.errnoValue === 0 && hf.runs.length >= 1, `hmm_range_fault: errno ${hf.errnoValue}, ${hf.runs.length} runs`);
+    const before = await call(notifier, notifier.readRetry, { notifierId: note.notifierId, seq }, md);
+    expect(!before.retry, "mmu_interval_read_retry reported a change with nothing running");
+    const runs = hf.runs.map((x) => `pfn ${hex(x.pfn)}+${x.nrPages} order ${x.order}`).join(", ");
+    print(`mirrored ${hex(buf.addr)}+2 MiB (notifier ${note.notifierId}): hmm_range_fault ${hf.runs.length} run(s): ${runs}`);
 
-    // --- MMU notifiers / HMM: register an interval notifier on the buffer,
-    // --- watch the invalidation of a munmap, hmm_range_fault. Added here
-    // --- when those services exist.
+    await call(aspace, aspace.munmap, { mmId: mm, addr: buf.addr, length: 2 * MiB }, md);
+    // Munmap has returned, so its invalidation was received and acknowledged.
+    const inv = acked[0];
+    expect(
+      acked.length === 1 && inv !== undefined && inv.start === buf.addr && inv.end === buf.addr + 2 * MiB && inv.notifierIds.length === 1 && inv.notifierIds[0] === note.notifierId,
+      `invalidations for one munmap: ${JSON.stringify(acked)}`,
+    );
+    const ev = mmuNotifyEventToJSON(inv!.event).replace("MMU_NOTIFY_EVENT_", "");
+    expect(ev === "UNMAP", `munmap sent ${ev}`);
+    const after = await call(notifier, notifier.readRetry, { notifierId: note.notifierId, seq }, md);
+    expect(after.retry, "mmu_interval_read_retry missed the munmap");
+    print(`munmap invalidated the mirror: ${ev} ${hex(inv!.start)}-${hex(inv!.end)} seq ${inv!.seq}, acknowledged; read_retry=${after.retry}`);
+    await call(notifier, notifier.removeIntervalNotifier, { notifierId: note.notifierId }, md);
+    sub.end();
+    const subStatus = await subEnded;
+    expect(subStatus.code === 0, `mirror stream ended ${subStatus.code} ${subStatus.details}`);
 
     const maps = await call(inspect, inspect.getMaps, { mmId: mm });
     print("maps:");
@@ -189,7 +256,7 @@ export async function runDriver(address: string, print: (line: string) => void =
     print(`session closed: stream ended OK after ${kinds.join(", ")}`);
   } finally {
     stream?.cancel();
-    for (const c of [sessions, aspace, faults, memory, device, inspect, system, gup]) c.close();
+    for (const c of [sessions, aspace, faults, memory, device, inspect, system, gup, notifier, hmm]) c.close();
   }
 }
 

@@ -25,6 +25,8 @@ const SCENARIO = [
   /^munmap\(0x[0-9a-f]+\) failed as the kernel would: EINVAL \(EINVAL: addr 0x[0-9a-f]+ is not page aligned\)$/,
   /^pinned 512 pages long-term at 0x[0-9a-f]+ \(handle \d+\): pfn 0x[0-9a-f]+\+\d+(, pfn 0x[0-9a-f]+\+\d+)*$/,
   /^unpinned 512 pages; nr_foll_pin_acquired (\d+) == nr_foll_pin_released \1$/,
+  /^mirrored 0x[0-9a-f]+\+2 MiB \(notifier \d+\): hmm_range_fault 1 run\(s\): pfn 0x[0-9a-f]+\+512 order 9$/,
+  /^munmap invalidated the mirror: UNMAP 0x[0-9a-f]+-0x[0-9a-f]+ seq \d+, acknowledged; read_retry=(True|true)$/,
   /^maps:$/,
   /^ {2}[0-9a-f]+-[0-9a-f]+ rw-s \[pfnmap\]$/,
   /^ {2}[0-9a-f]+-[0-9a-f]+ rw-p \[anon\]$/,
