@@ -79,9 +79,9 @@ from mmsim.v1 import device_pb2, device_pb2_grpc  # noqa: E402
 from mmsim.v1 import fault_pb2, fault_pb2_grpc  # noqa: E402
 from mmsim.v1 import gup_pb2, gup_pb2_grpc  # noqa: E402
 from mmsim.v1 import hmm_pb2, hmm_pb2_grpc  # noqa: E402
-from mmsim.v1 import notifier_pb2, notifier_pb2_grpc  # noqa: E402
 from mmsim.v1 import inspect_pb2, inspect_pb2_grpc  # noqa: E402
 from mmsim.v1 import memory_pb2, memory_pb2_grpc  # noqa: E402
+from mmsim.v1 import notifier_pb2, notifier_pb2_grpc  # noqa: E402
 from mmsim.v1 import session_pb2, session_pb2_grpc  # noqa: E402
 from mmsim.v1 import system_pb2, system_pb2_grpc  # noqa: E402
 
@@ -116,7 +116,7 @@ class Mirror:
         self.mirror_id = 0
         self.stream = stub.Subscribe(iter(self.requests.get, None), metadata=md)
         threading.Thread(target=self._read, daemon=True).start()
-        expect(self.opened.wait(10), "Subscribe sent no first message")
+        expect(self.opened.wait(10) and self.mirror_id != 0, f"Subscribe sent no first message (stream {self.status})")
 
     def _read(self):
         try:
