@@ -8,6 +8,7 @@ import {
   FAULT_FLAG_USER,
   FAULT_FLAG_WRITE,
   Level,
+  offsetIn,
   PAGE_SIZE,
   TASK_SIZE_MAX,
   VM_FAULT_HWPOISON,
@@ -55,7 +56,7 @@ export function translate(k: Kernel, mm: Mm, addr: number): { level: Level; pfn:
   let pfn = cursor.lo;
   if (cursor.level !== Level.PTE && hi & E_LEAF && !k.phys.isZeroPfn(pfn)) {
     const size = cursor.level === Level.PUD ? 2 ** 30 : 2 ** 21;
-    pfn += Math.floor((addr % size) / PAGE_SIZE);
+    pfn += Math.floor(offsetIn(addr, size) / PAGE_SIZE);
   }
   return { level: cursor.level, pfn, hi };
 }
@@ -158,7 +159,7 @@ export function readMemory(k: Kernel, mm: Mm, addr: number, len: number): Access
     const a = addr + done;
     const r = accessPage(k, mm, a, false);
     if (typeof r !== "number") return { data: out.subarray(0, done), bytesDone: done, signal: r.signal, siCode: r.siCode, faultAddr: a, vmFault: r.vmFault };
-    const off = a % PAGE_SIZE;
+    const off = offsetIn(a, PAGE_SIZE);
     const n = Math.min(PAGE_SIZE - off, len - done);
     const s = p.section(r);
     const bytes = s === undefined ? null : p.data.read(s, r & ((1 << SECTION_SHIFT) - 1));
@@ -176,7 +177,7 @@ export function writeMemory(k: Kernel, mm: Mm, addr: number, data: Uint8Array): 
     const a = addr + done;
     const r = accessPage(k, mm, a, true);
     if (typeof r !== "number") return { data: new Uint8Array(0), bytesDone: done, signal: r.signal, siCode: r.siCode, faultAddr: a, vmFault: r.vmFault };
-    const off = a % PAGE_SIZE;
+    const off = offsetIn(a, PAGE_SIZE);
     const n = Math.min(PAGE_SIZE - off, data.length - done);
     const s = p.section(r);
     if (s !== undefined) {

@@ -221,6 +221,17 @@ export function pageAligned(x: number): boolean {
 export function pageAlignUp(x: number): number {
   return Math.ceil(x / PAGE_SIZE) * PAGE_SIZE;
 }
+/**
+ * `x` rounded down to a multiple of the power of two `size`, for a
+ * non-negative integer `x` below 2^53. Written with a division instead of
+ * `x - (x % size)`: V8 compiles `%` on numbers beyond int32 (every user
+ * address) to a call of the C library's fmod, about 17 ns, against about
+ * 1 ns for a division by a power of two and a floor.
+ */
 export function alignDown(x: number, size: number): number {
-  return x - (x % size);
+  return Math.floor(x / size) * size;
+}
+/** `x % size` for a non-negative integer `x` below 2^53 and a power of two `size`, without fmod (see alignDown). */
+export function offsetIn(x: number, size: number): number {
+  return x - Math.floor(x / size) * size;
 }

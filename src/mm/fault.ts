@@ -7,6 +7,7 @@
  * (hugetlb_fault). Functions are named after the kernel's.
  */
 import {
+  alignDown,
   FAULT_FLAG_REMOTE,
   FAULT_FLAG_UNSHARE,
   FAULT_FLAG_USER,
@@ -104,7 +105,7 @@ function thpSysfsAllows(k: Kernel, vma: Vma): boolean {
 /** May an anonymous THP be mapped at the aligned block containing addr? */
 export function anonThpAllowed(k: Kernel, vma: Vma, addr: number): boolean {
   if (!vma.isAnonymous || !thpSysfsAllows(k, vma)) return false;
-  const h = addr - (addr % PMD_SIZE);
+  const h = alignDown(addr, PMD_SIZE);
   return h >= vma.start && h + PMD_SIZE <= vma.end;
 }
 
@@ -136,7 +137,7 @@ export function handleMmFault(k: Kernel, mm: Mm, vma: Vma, addr: number, flags: 
   k.vmstat.pgfault++;
   faultInfo.cow = false;
   faultInfo.thp = false;
-  addr -= addr % PAGE_SIZE;
+  addr = alignDown(addr, PAGE_SIZE);
   if (vma.isHugetlb) return hugetlbFault(k, mm, vma, addr, flags);
   const pool = k.pt;
   const write = (flags & FAULT_FLAG_WRITE) !== 0;
@@ -259,7 +260,7 @@ function doAnonymousPage(k: Kernel, mm: Mm, vma: Vma, addr: number, t: number, i
 
 /** do_huge_pmd_anonymous_page */
 function doHugePmdAnonymousPage(k: Kernel, mm: Mm, vma: Vma, addr: number, t: number, i: number, write: boolean): number {
-  const haddr = addr - (addr % PMD_SIZE);
+  const haddr = alignDown(addr, PMD_SIZE);
   k.anonVmaPrepare(vma);
   if (!write && k.tunables.thpUseZeroPage) {
     const hz = k.phys.getHugeZeroFolio();
@@ -306,7 +307,7 @@ function doHugePmdWpPage(k: Kernel, mm: Mm, vma: Vma, addr: number, t: number, i
   const pool = k.pt;
   const hi = pool.hi(t, i);
   const pfn = pool.lo(t, i);
-  const haddr = addr - (addr % PMD_SIZE);
+  const haddr = alignDown(addr, PMD_SIZE);
   const p = k.phys;
   if (p.isHugeZeroPfn(pfn)) {
     // do_huge_zero_wp_pmd: a fresh THP replaces the huge zero PMD.
@@ -444,7 +445,7 @@ export function filePage(k: Kernel, file: FileObject, idx: number): number {
   const p = k.phys;
   const order = file.folioOrder;
   const n = 2 ** order;
-  const hidx = idx - (idx % n);
+  const hidx = alignDown(idx, n);
   let head: number;
   if (file.kind === FileKind.FSDAX) {
     const pm = p.pagemaps.get(file.daxPagemap);
@@ -485,7 +486,7 @@ function deviceHugeFault(k: Kernel, vma: Vma, addr: number, level: Level, t: num
   if (dev.basePfn < 0) return VM_FAULT_FALLBACK;
   const size = level === Level.PUD ? PUD_SIZE : PMD_SIZE;
   const npages = level === Level.PUD ? 262144 : 512;
-  const b = addr - (addr % size);
+  const b = alignDown(addr, size);
   if (b < vma.start || b + size > vma.end) return VM_FAULT_FALLBACK;
   const pfn = devicePfn(vma, b);
   if (pfn % npages !== 0 || !k.devicePfnInRange(dev, pfn, npages)) return VM_FAULT_FALLBACK;
@@ -503,7 +504,7 @@ function hugetlbFault(k: Kernel, mm: Mm, vma: Vma, addr: number, flags: number):
   const level = order === HPAGE_PMD_ORDER ? Level.PMD : Level.PUD;
   const size = PAGE_SIZE * 2 ** order;
   const npages = 2 ** order;
-  const haddr = addr - (addr % size);
+  const haddr = alignDown(addr, size);
   const write = (flags & FAULT_FLAG_WRITE) !== 0;
   const unshare = (flags & FAULT_FLAG_UNSHARE) !== 0;
   const pool = k.pt;
@@ -596,7 +597,7 @@ function hugetlbWp(k: Kernel, mm: Mm, vma: Vma, haddr: number, t: number, i: num
  */
 export function splitHugePmd(k: Kernel, mm: Mm, vma: Vma, addr: number, alwaysNotify = false): boolean {
   const pool = k.pt;
-  const haddr = addr - (addr % PMD_SIZE);
+  const haddr = alignDown(addr, PMD_SIZE);
   const pmdT = ensureTable(pool, mm.pgd, haddr, Level.PMD);
   if (pmdT <= 0) return pmdT === 0;
   const mi = pmdIndex(haddr);
@@ -640,7 +641,7 @@ export function splitHugePmd(k: Kernel, mm: Mm, vma: Vma, addr: number, alwaysNo
 /** __split_huge_pud: only special (PFN) PUD leaves exist outside hugetlb. */
 export function splitHugePud(k: Kernel, mm: Mm, _vma: Vma, addr: number): void {
   const pool = k.pt;
-  const haddr = addr - (addr % PUD_SIZE);
+  const haddr = alignDown(addr, PUD_SIZE);
   const t = ensureTable(pool, mm.pgd, haddr, Level.PUD);
   if (t <= 0) return;
   const i = pudIndex(haddr);

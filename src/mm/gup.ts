@@ -53,6 +53,8 @@ import { isCowMapping, type Vma } from "./vma.js";
 // otherwise make every read of an imported name a getter call.
 const {
   FAULT_FLAG_REMOTE,
+  alignDown,
+  offsetIn,
   FAULT_FLAG_UNSHARE,
   FAULT_FLAG_WRITE,
   FOLL_ANON,
@@ -121,10 +123,10 @@ function pudIndex(va: number): number {
   return Math.floor(va / PUD_SIZE) & 511;
 }
 function pmdIndex(va: number): number {
-  return ((va % PUD_SIZE) >>> 21) & 511;
+  return Math.floor(va / PMD_SIZE) & 511;
 }
 function pteIndex(va: number): number {
-  return ((va % PUD_SIZE) >>> 12) & 511;
+  return Math.floor(va / PAGE_SIZE) & 511;
 }
 function levelSize(level: Level): number {
   return level === LEVEL_PUD ? PUD_SIZE : level === LEVEL_PMD ? PMD_SIZE : PAGE_SIZE;
@@ -437,7 +439,7 @@ export function gupCall(k: Kernel, mm: Mm, req: GupRequest): GupResult {
     return res;
   }
   let flags = v;
-  const start = req.start - (req.start % PAGE_SIZE);
+  const start = alignDown(req.start, PAGE_SIZE);
   const c = new GupCollector(k, mm, req);
   const before = k.phys.stats.gupRefUpdates;
   let ret: number;
@@ -797,7 +799,7 @@ function followHugeLeaf(c: GupCollector, vma: Vma, flags: number, level: Level, 
   const lo = pool.lo(t, i);
   const hi = pool.hi(t, i);
   const pages = level === LEVEL_PUD ? HPAGE_PUD_NR : HPAGE_PMD_NR;
-  const off = Math.floor((addr % levelSize(level)) / PAGE_SIZE);
+  const off = Math.floor(offsetIn(addr, levelSize(level)) / PAGE_SIZE);
   const n = Math.min(max, pages - off);
   const hz = level === LEVEL_PMD && p.isHugeZeroPfn(lo);
   const touched = hi | E_YOUNG | (flags & FOLL_WRITE ? E_DIRTY : 0);
@@ -1160,7 +1162,7 @@ function retarget(k: Kernel, mm: Mm, s: number, e: number, old: number, nw: numb
   while (a < e) {
     walk(pool, mm.pgd, a, cur);
     if (cur.level === LEVEL_PTE) {
-      const stop = Math.min(e, a - (a % PMD_SIZE) + PMD_SIZE);
+      const stop = Math.min(e, alignDown(a, PMD_SIZE) + PMD_SIZE);
       for (let x = a, j = cur.idx; x < stop; x += PAGE_SIZE, j++) {
         const lo = pool.lo(cur.table, j);
         const hi = pool.hi(cur.table, j);
@@ -1177,7 +1179,7 @@ function retarget(k: Kernel, mm: Mm, s: number, e: number, old: number, nw: numb
       found = true;
       if (apply) pool.set(cur.table, cur.idx, nw + (cur.lo - old), cur.hi);
     }
-    a = Math.min(e, a - (a % size) + size);
+    a = Math.min(e, alignDown(a, size) + size);
   }
   return found;
 }
@@ -1263,7 +1265,7 @@ function gupFast(c: GupCollector, start: number, end: number, flags: number): nu
     const uhi = pool.hi(pudT, ui);
     const ulo = pool.lo(pudT, ui);
     if (!(uhi & E_TABLE)) {
-      const leafEnd = Math.min(end, addr - (addr % PUD_SIZE) + PUD_SIZE);
+      const leafEnd = Math.min(end, alignDown(addr, PUD_SIZE) + PUD_SIZE);
       const got = gupFastLeaf(c, flags, LEVEL_PUD, ulo, uhi, addr, leafEnd, nr);
       if (got === 0) break;
       nr += got;
@@ -1273,7 +1275,7 @@ function gupFast(c: GupCollector, start: number, end: number, flags: number): nu
     const mi = pmdIndex(addr);
     const mhi = pool.hi(ulo, mi);
     const mlo = pool.lo(ulo, mi);
-    const pmdEnd = Math.min(end, addr - (addr % PMD_SIZE) + PMD_SIZE);
+    const pmdEnd = Math.min(end, alignDown(addr, PMD_SIZE) + PMD_SIZE);
     if (!(mhi & E_TABLE)) {
       const got = gupFastLeaf(c, flags, LEVEL_PMD, mlo, mhi, addr, pmdEnd, nr);
       if (got === 0) break;
@@ -1302,7 +1304,7 @@ function gupFastLeaf(c: GupCollector, flags: number, level: Level, lo: number, h
   const head = p.folioHead(lo);
   if (!fastFolioOk(k, head, flags)) return 0;
   if (!(hi & E_WRITE) && gupMustUnshare(k, null, flags, head)) return 0;
-  const off = Math.floor((addr % levelSize(level)) / PAGE_SIZE);
+  const off = Math.floor(offsetIn(addr, levelSize(level)) / PAGE_SIZE);
   const refs = (leafEnd - addr) / PAGE_SIZE;
   if (c.grab(idx, lo + off, head, refs, false, flags) !== 0) return 0;
   p.orFlags(head, PG_referenced);

@@ -23,11 +23,13 @@
  * filled in one typed-array loop.
  */
 import {
+  alignDown,
   FAULT_FLAG_REMOTE,
   FAULT_FLAG_WRITE,
   HPAGE_PMD_ORDER,
   HPAGE_PUD_ORDER,
   MemoryType,
+  offsetIn,
   PAGE_SIZE,
   PMD_SIZE,
   PUD_SIZE,
@@ -332,7 +334,7 @@ class HmmWalk {
       const cpu = (HMM_PFN_VALID | (hi & E_WRITE ? HMM_PFN_WRITE : 0) | orderBits(HPAGE_PUD_ORDER)) >>> 0;
       const need = this.rangeNeedFault(addr, end, cpu);
       if (need) return this.fault(v, addr, end, need);
-      this.fill(addr, (end - addr) / PAGE_SIZE, lo + (addr % PUD_SIZE) / PAGE_SIZE, 1, cpu);
+      this.fill(addr, (end - addr) / PAGE_SIZE, lo + offsetIn(addr, PUD_SIZE) / PAGE_SIZE, 1, cpu);
       return 0;
     }
     const pmdT = lo;
@@ -358,7 +360,7 @@ class HmmWalk {
       const cpu = hi & E_PROTNONE ? 0 : (HMM_PFN_VALID | (hi & E_WRITE ? HMM_PFN_WRITE : 0) | orderBits(HPAGE_PMD_ORDER)) >>> 0;
       const need = this.rangeNeedFault(addr, end, cpu);
       if (need) return this.fault(v, addr, end, need);
-      this.fill(addr, (end - addr) / PAGE_SIZE, lo + (addr % PMD_SIZE) / PAGE_SIZE, 1, cpu);
+      this.fill(addr, (end - addr) / PAGE_SIZE, lo + offsetIn(addr, PMD_SIZE) / PAGE_SIZE, 1, cpu);
       return 0;
     }
     return this.walkPtes(v, lo, addr, end);
@@ -386,7 +388,7 @@ class HmmWalk {
     const c = pool.chunk(pteT);
     const b = pool.base(pteT);
     const zero = k.phys.zeroPfn;
-    let j = ((addr % PUD_SIZE) >>> 12) & 511;
+    let j = Math.floor(addr / PAGE_SIZE) & 511;
     for (; addr < end; addr += PAGE_SIZE, j++) {
       const lo = c[b + 2 * j]!;
       const hi = c[b + 2 * j + 1]!;
@@ -448,7 +450,7 @@ class HmmWalk {
     const size = v.file!.hugePageSize;
     const order = v.file!.folioOrder;
     while (addr < end) {
-      const h = addr - (addr % size);
+      const h = alignDown(addr, size);
       const e = Math.min(end, h + size);
       const leaf = hugetlbEntry(k, this.mm, h, size);
       const hi = leaf.hi;

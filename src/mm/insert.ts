@@ -6,9 +6,11 @@
  * mapcount, no notifier. Populated slots are left as they are (NOPAGE).
  */
 import {
+  alignDown,
   HPAGE_PMD_NR,
   HPAGE_PUD_NR,
   Level,
+  offsetIn,
   PAGE_SIZE,
   PMD_SIZE,
   PROT_EXEC,
@@ -161,9 +163,9 @@ function insertBlock(k: Kernel, mm: Mm, vma: Vma, cur: number, p: number, bits: 
   const pool = k.pt;
   if (huge) {
     // PUD first: only at a 1 GiB boundary (eager) with a congruent PFN.
-    const b = faultMode ? cur - (cur % PUD_BYTES) : cur;
+    const b = faultMode ? alignDown(cur, PUD_BYTES) : cur;
     const bp = p - (cur - b) / PAGE_SIZE;
-    if (b % PUD_BYTES === 0 && bp % PUD_NR === 0 && b >= vma.start && b + PUD_BYTES <= vma.end && (faultMode || b + PUD_BYTES <= end)) {
+    if (offsetIn(b, PUD_BYTES) === 0 && bp % PUD_NR === 0 && b >= vma.start && b + PUD_BYTES <= vma.end && (faultMode || b + PUD_BYTES <= end)) {
       const t = ensureTable(pool, mm.pgd, b, LEVEL_PUD);
       if (t < 0) {
         r.vmFault = VM_FAULT_OOM;
@@ -187,10 +189,10 @@ function insertBlock(k: Kernel, mm: Mm, vma: Vma, cur: number, p: number, bits: 
         }
       }
     }
-    const mb = faultMode ? cur - (cur % PMD_BYTES) : cur;
+    const mb = faultMode ? alignDown(cur, PMD_BYTES) : cur;
     const mbp = p - (cur - mb) / PAGE_SIZE;
     const limit = faultMode ? vma.end : Math.min(end, vma.end);
-    if (mb % PMD_BYTES === 0 && mbp % PMD_NR === 0 && mb >= vma.start && mb + PMD_BYTES <= limit) {
+    if (offsetIn(mb, PMD_BYTES) === 0 && mbp % PMD_NR === 0 && mb >= vma.start && mb + PMD_BYTES <= limit) {
       const t = ensureTable(pool, mm.pgd, mb, LEVEL_PMD);
       if (t < 0) {
         r.vmFault = VM_FAULT_OOM;
@@ -234,12 +236,12 @@ function insertBlock(k: Kernel, mm: Mm, vma: Vma, cur: number, p: number, bits: 
   }
   if (t === 0) {
     // A huge leaf above already maps this address: it stays (NOPAGE).
-    const span = PMD_SIZE - (cur % PMD_SIZE);
+    const span = PMD_SIZE - offsetIn(cur, PMD_SIZE);
     const pages = faultMode ? 1 : Math.min(span, end - cur) / PAGE_SIZE;
     r.alreadyPopulated += pages;
     return pages;
   }
-  const stop = faultMode ? cur + PAGE_SIZE : Math.min(end, cur - (cur % PMD_SIZE) + PMD_SIZE);
+  const stop = faultMode ? cur + PAGE_SIZE : Math.min(end, alignDown(cur, PMD_SIZE) + PMD_SIZE);
   let i = pteIndex(cur);
   let q = p;
   for (let a = cur; a < stop; a += PAGE_SIZE, i++, q++) {

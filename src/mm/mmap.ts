@@ -4,6 +4,7 @@
  * (per folio, through the mmu_gather), freeing of page tables, populate.
  */
 import {
+  alignDown,
   FAULT_FLAG_WRITE,
   HPAGE_PMD_NR,
   Level,
@@ -21,9 +22,9 @@ import {
   MAP_ANONYMOUS,
   MAP_FIXED,
   MAP_FIXED_NOREPLACE,
-  MAP_HUGETLB,
   MAP_HUGE_MASK,
   MAP_HUGE_SHIFT,
+  MAP_HUGETLB,
   MAP_NORESERVE,
   MAP_POPULATE,
   MAP_PRIVATE,
@@ -32,7 +33,9 @@ import {
   MAP_TYPE,
   MMAP_MIN_ADDR,
   MmuNotifyEvent,
+  offsetIn,
   PAGE_SIZE,
+  pageAlignUp,
   PMD_SIZE,
   PROT_EXEC,
   PROT_GROWSDOWN,
@@ -43,6 +46,7 @@ import {
   TASK_SIZE_MAX,
   VM_ACCESS_FLAGS,
   VM_ACCOUNT,
+  VM_COPY_ON_FORK,
   VM_DONTCOPY,
   VM_DONTDUMP,
   VM_DONTEXPAND,
@@ -63,8 +67,6 @@ import {
   VM_SHARED,
   VM_WIPEONFORK,
   VM_WRITE,
-  VM_COPY_ON_FORK,
-  pageAlignUp,
 } from "./constants.js";
 import { Errno, fail, invalid, MmError } from "./errors.js";
 import { copyPageData, handleMmFault, prepAnonFolio, splitHugePmd, splitHugePud, pteBits } from "./fault.js";
@@ -204,15 +206,15 @@ function vmaUnlink(k: Kernel, mm: Mm, v: Vma): void {
  * table present gets a CLEAR even when no THP is mapped there.
  */
 function vmaAdjustTransHuge(k: Kernel, mm: Mm, vma: Vma, addr: number): void {
-  if (addr % PUD_SIZE !== 0) {
-    const h = addr - (addr % PUD_SIZE);
+  if (offsetIn(addr, PUD_SIZE) !== 0) {
+    const h = alignDown(addr, PUD_SIZE);
     if (h >= vma.start && h + PUD_SIZE <= vma.end) {
       const t = findTable(k.pt, mm.pgd, h, Level.PUD);
       if (t !== 0 && isPresentLeaf(k.pt.hi(t, pudIndex(h))) && k.pt.hi(t, pudIndex(h)) & E_LEAF) splitHugePud(k, mm, vma, h);
     }
   }
-  if (addr % PMD_SIZE !== 0) {
-    const h = addr - (addr % PMD_SIZE);
+  if (offsetIn(addr, PMD_SIZE) !== 0) {
+    const h = alignDown(addr, PMD_SIZE);
     if (h >= vma.start && h + PMD_SIZE <= vma.end && findTable(k.pt, mm.pgd, h, Level.PMD) !== 0) {
       // split_huge_pmd_address notifies even when no huge PMD is there.
       if (!splitHugePmd(k, mm, vma, h, true)) fail(Errno.ENOMEM, "no memory to split a huge PMD");
@@ -349,7 +351,7 @@ function zapPtes(k: Kernel, mm: Mm, t: number, addr: number, stop: number): void
   const p = k.phys;
   const c = pool.chunk(t);
   const b = pool.base(t);
-  const first = ((addr % PUD_SIZE) >>> 12) & 511;
+  const first = Math.floor(addr / PAGE_SIZE) & 511;
   const n = (stop - addr) / PAGE_SIZE;
   let runHead = -1;
   let runLen = 0;
@@ -589,7 +591,7 @@ export function populateRange(k: Kernel, mm: Mm, start: number, end: number, wri
       if (!isPresentLeaf(cursor.hi)) fail(Errno.EFAULT, `nothing mapped at 0x${addr.toString(16)} after a fault`);
     }
     const size = cursor.level === Level.PUD ? PUD_SIZE : cursor.level === Level.PMD ? PMD_SIZE : PAGE_SIZE;
-    addr = addr - (addr % size) + size;
+    addr = alignDown(addr, size) + size;
   }
 }
 
@@ -716,11 +718,11 @@ function protectRange(k: Kernel, mm: Mm, vma: Vma, start: number, end: number): 
   while (addr < end) {
     walk(pool, mm.pgd, addr, cursor);
     const size = cursor.level === Level.PUD ? PUD_SIZE : cursor.level === Level.PMD ? PMD_SIZE : cursor.level === Level.PTE ? PAGE_SIZE : 2 ** 39;
-    const next = addr - (addr % size) + size;
+    const next = alignDown(addr, size) + size;
     const { table: t, idx: i, lo, hi } = cursor;
     if (cursor.level === Level.PTE) {
       // Walk the rest of this PTE table in one go.
-      const stop = Math.min(end, addr - (addr % PMD_SIZE) + PMD_SIZE);
+      const stop = Math.min(end, alignDown(addr, PMD_SIZE) + PMD_SIZE);
       for (let a = addr, j = i; a < stop; a += PAGE_SIZE, j++) {
         const l = pool.lo(t, j);
         const h = pool.hi(t, j);
@@ -788,7 +790,7 @@ function madviseVma(k: Kernel, mm: Mm, v: Vma, s: number, e: number, advice: num
       if (v.isHugetlb) {
         const hs = v.file!.hugePageSize;
         if (s % hs !== 0) invalid("hugetlb madvise start not aligned to the huge page size");
-        e = e - (e % hs);
+        e = alignDown(e, hs);
         if (e <= s) return;
       }
       k.withInvalidation(mm, s, e, MmuNotifyEvent.CLEAR, () => {
@@ -834,7 +836,7 @@ function lazyFreeRange(k: Kernel, mm: Mm, v: Vma, s: number, e: number): void {
     walk(pool, mm.pgd, a, cursor);
     const { level, table: t, idx: i, lo, hi } = cursor;
     if (level === Level.PMD && isPresentLeaf(hi) && hi & E_LEAF) {
-      const base = a - (a % PMD_SIZE);
+      const base = alignDown(a, PMD_SIZE);
       if (base < s || base + PMD_SIZE > e) {
         // MADV_FREE is advisory: a PMD that cannot be split stays as it is.
         if (splitHugePmd(k, mm, v, a)) continue;
@@ -858,7 +860,7 @@ function lazyFreeRange(k: Kernel, mm: Mm, v: Vma, s: number, e: number): void {
       }
     }
     const size = level === Level.PTE ? PAGE_SIZE : level === Level.PMD ? PMD_SIZE : level === Level.PUD ? PUD_SIZE : 2 ** 39;
-    a = a - (a % size) + size;
+    a = alignDown(a, size) + size;
   }
 }
 
@@ -941,7 +943,7 @@ function copyPageRange(k: Kernel, src: Mm, dst: Mm, sv: Vma, dv: Vma, cow: boole
     walk(pool, src.pgd, addr, cursor);
     const { level, table: t, idx: i, lo, hi } = cursor;
     const size = level === Level.PTE ? PAGE_SIZE : level === Level.PMD ? PMD_SIZE : level === Level.PUD ? PUD_SIZE : 2 ** 39;
-    const base = addr - (addr % size);
+    const base = alignDown(addr, size);
     const next = Math.min(sv.end, base + size);
     if ((hi === 0 && lo === 0) || level === Level.PGD) {
       addr = next;
@@ -990,7 +992,7 @@ function copyPageRange(k: Kernel, src: Mm, dst: Mm, sv: Vma, dv: Vma, cow: boole
       continue;
     }
     // PTE level: the rest of this PTE table.
-    const stop = Math.min(sv.end, base - (base % PMD_SIZE) + PMD_SIZE);
+    const stop = Math.min(sv.end, alignDown(base, PMD_SIZE) + PMD_SIZE);
     const dt = ensureTable(pool, dst.pgd, base, Level.PTE);
     if (dt <= 0) fail(Errno.ENOMEM, "no memory for page tables in the child");
     let runHead = -1;

@@ -170,10 +170,10 @@ export function pudIndex(va: number): number {
   return Math.floor(va / PUD_SIZE) & 511;
 }
 export function pmdIndex(va: number): number {
-  return ((va % PUD_SIZE) >>> PMD_SHIFT) & 511;
+  return Math.floor(va / 2 ** PMD_SHIFT) & 511;
 }
 export function pteIndex(va: number): number {
-  return ((va % PUD_SIZE) >>> PAGE_SHIFT) & 511;
+  return Math.floor(va / 2 ** PAGE_SHIFT) & 511;
 }
 export function indexAt(level: Level, va: number): number {
   switch (level) {
