@@ -46,6 +46,7 @@ import type { PfnBatch } from "./pfn-batch.js";
 import * as PM from "./physmem.js";
 import type { PhysMem } from "./physmem.js";
 import type { PinHandle } from "./pins.js";
+import { keepShape, shapesTick } from "./shapes.js";
 import { isCowMapping, type Vma } from "./vma.js";
 
 // Module-local bindings of what the walkers use per page or per folio:
@@ -535,6 +536,7 @@ class GupCollector {
     if (req.wantPages && req.output === "pages") this.pages = new Uint32Array(Math.min(Math.max(req.nrPages, 1), 1 << 16));
     if (req.wantPages) this.handle = k.pins.newHandle(req.session, mm.id);
     this.bias = k.tunables.pinAccounting === "bias-2019";
+    shapesTick();
   }
 
   /**
@@ -923,6 +925,12 @@ class PteGroup {
 }
 const slowGroup = new PteGroup();
 const fastGroup = new PteGroup();
+keepShape(() => {
+  // needs of the constructor only: no pages[], so no pin handle
+  const k = { tunables: { pinAccounting: "current" } } as unknown as Kernel;
+  const req: GupRequest = { variant: "get_user_pages", start: 0, nrPages: 0, gupFlags: 0, wantPages: false, output: "none", session: 0 };
+  return new GupCollector(k, { id: 0 } as unknown as Mm, req);
+});
 
 /** try_grab_folio for the group, then FOLL_TOUCH's folio marks. 0 or -errno. */
 function flushSlowGroup(c: GupCollector, g: PteGroup, idx: number, flags: number): number {

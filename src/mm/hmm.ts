@@ -58,6 +58,7 @@ import {
   pgdIndex,
   swpKind,
 } from "./pagetable.js";
+import { keepShape, shapesTick } from "./shapes.js";
 import type { Vma } from "./vma.js";
 
 // High-word flag bits of an HMM pfn entry.
@@ -192,6 +193,7 @@ class HmmWalk {
     this.last = r.start;
     this.pfns = r.hmmPfns;
     this.mayFault = ((r.defaultFlags | r.pfnFlagsMask) & HMM_PFN_REQ_FAULT) !== 0;
+    shapesTick();
   }
 
   // ------------------------------------------------------------- requests
@@ -482,6 +484,10 @@ class HmmWalk {
     return RESTART;
   }
 }
+keepShape(() => {
+  const range = { start: 0, end: 0, hmmPfns: null, runs: null, defaultFlags: 0, pfnFlagsMask: 0, devPrivateOwner: 0 } as unknown as HmmRange;
+  return new HmmWalk({} as Kernel, {} as Mm, range);
+});
 
 /** The PMD or PUD entry of a hugetlb page at `h` (none if no table). */
 function hugetlbEntry(k: Kernel, mm: Mm, h: number, size: number): { lo: number; hi: number } {

@@ -12,6 +12,7 @@ import { Level } from "./constants.js";
 import { DEFAULT_PHYS_CONFIG, type PhysConfig, PhysMem, PG_anon, PG_hugetlb, PG_shmem, PG_pagecache } from "./physmem.js";
 import { TablePool } from "./pagetable.js";
 import { PinRegistry } from "./pins.js";
+import { keepShape, shapesTick } from "./shapes.js";
 import { FaultInjector } from "./fault-inject.js";
 import { AnonVma, type DeviceMapping, FileObject, type Vma } from "./vma.js";
 
@@ -82,7 +83,12 @@ export class OpContext {
   readonly deferredEnds: { mm: Mm; range: NotifierRange }[] = [];
   readonly puts: number[] = [];
   readonly putCounts: number[] = [];
+
+  constructor() {
+    shapesTick();
+  }
 }
+keepShape(() => new OpContext());
 
 export interface KernelConfig {
   phys?: Partial<PhysConfig>;

@@ -73,6 +73,7 @@ import {
   PG_lru,
   SECTION_PAGES,
 } from "./physmem.js";
+import { keepShape } from "./shapes.js";
 import type { Vma } from "./vma.js";
 
 // enum migrate_vma_direction
@@ -834,6 +835,7 @@ export function evictDevicePages(k: Kernel, pfns: readonly number[]): number {
 
 /** A placeholder VMA for migrations without one (never dereferenced for mapping). */
 const DUMMY_VMA = { start: 0, end: 0, flags: 0 } as unknown as Vma;
+keepShape(() => new MigrateVma(DUMMY_VMA, 0, 0, 0, 0));
 
 /**
  * migrate_device_coherent_folio: move a device-coherent page to RAM (as

@@ -16,6 +16,8 @@
  * PFNs are below 2^32 in this model, run lengths fit u32 (longer runs split).
  */
 
+import { keepShape } from "./shapes.js";
+
 const U32_MAX = 0xffff_ffff;
 
 export class PfnBatch {
@@ -43,6 +45,8 @@ export class PfnBatch {
     this.folioHeads = new Uint32Array(c);
   }
 }
+
+keepShape(() => new PfnBatch(1));
 
 /** A batch; `segments` false: merged runs only, no folio segments (cheaper). */
 export function batchInit(capacity = 8, segments = true): PfnBatch {

@@ -35,6 +35,7 @@ import { Errno, fail, invalid } from "./errors.js";
 import * as G from "./gup.js";
 import type { Kernel } from "./kernel.js";
 import * as PM from "./physmem.js";
+import { keepShape, shapesTick } from "./shapes.js";
 
 export { RUN_BIAS2019, RUN_LONGTERM, RUN_NOOP, RUN_PIN, RUN_SAME, RUN_SMALL } from "./gup.js";
 
@@ -197,7 +198,9 @@ class ReleaseTxn {
   private readonly aH: PinHandle[] = [];
   private readonly aN: number[] = [];
 
-  constructor(readonly undoable: boolean) {}
+  constructor(readonly undoable: boolean) {
+    shapesTick();
+  }
 
   private hIndex(h: PinHandle): number {
     if (h === this.lastH) return this.lastHi;
@@ -273,6 +276,9 @@ class ReleaseTxn {
     for (let i = this.aH.length - 1; i >= 0; i--) this.aH[i]!.nRuns = this.aN[i]!;
   }
 }
+
+keepShape(() => new PinHandle(0, 0));
+keepShape(() => new ReleaseTxn(true));
 
 const notHeldMsg = (session: number, what: string) => `session ${session} does not hold ${what}`;
 
