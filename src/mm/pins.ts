@@ -64,18 +64,60 @@ function countInto(c: Counters, flags: number, n: number): void {
   }
 }
 
-/** What one GUP call holds, as runs. */
+/** Bytes of run storage per run: runIdx (f64), runPfn, runCount, runHead (u32), runFlags (u8). */
+const RUN_BYTES = 21;
+/** Smallest run storage a handle gets (runs). */
+const MIN_RUN_CAPACITY = 16;
+/** Largest run storage kept for reuse (runs), and the bytes kept at most in all. */
+const SPARE_MAX_CAPACITY = 1 << 15;
+const SPARE_MAX_BYTES = 32 << 20;
+/**
+ * Run storage of dropped handles, by capacity (a multiple of
+ * MIN_RUN_CAPACITY), for the next handles: a steady stream of pins and
+ * releases allocates no ArrayBuffer (each lives off the V8 heap, costly to
+ * make and to collect).
+ */
+const spare = new Map<number, ArrayBuffer[]>();
+let spareBytes = 0;
+
+function takeRunBuffer(capacity: number): ArrayBuffer {
+  const b = spare.get(capacity)?.pop();
+  if (b === undefined) return new ArrayBuffer(RUN_BYTES * capacity);
+  spareBytes -= b.byteLength;
+  return b;
+}
+
+/** Keep the storage under `runIdx` (the start of a handle's shared buffer) for reuse, if it is one of ours. */
+function giveRunBuffer(runIdx: Float64Array, capacity: number): void {
+  if (capacity < MIN_RUN_CAPACITY || capacity > SPARE_MAX_CAPACITY || capacity % MIN_RUN_CAPACITY !== 0) return;
+  const b = runIdx.buffer as ArrayBuffer;
+  if (b.byteLength !== RUN_BYTES * capacity || runIdx.byteOffset !== 0 || spareBytes + b.byteLength > SPARE_MAX_BYTES) return;
+  let l = spare.get(capacity);
+  if (l === undefined) spare.set(capacity, (l = []));
+  l.push(b);
+  spareBytes += b.byteLength;
+}
+
+const NO_F64 = new Float64Array(0);
+const NO_U32 = new Uint32Array(0);
+const NO_U8 = new Uint8Array(0);
+
+/**
+ * What one GUP call holds, as runs, in arrays that share one ArrayBuffer
+ * (none until the first run), handed back for reuse when the handle is
+ * dropped.
+ */
 export class PinHandle implements Counters {
   /** 0 until committed to the registry */
   id = 0;
   /** pages of the call (its return value) */
   nrPages = 0;
   nRuns = 0;
-  runPfn = new Uint32Array(8);
-  runCount = new Uint32Array(8);
-  runHead = new Uint32Array(8);
-  runIdx = new Float64Array(8);
-  runFlags = new Uint8Array(8);
+  runPfn: Uint32Array = NO_U32;
+  runCount: Uint32Array = NO_U32;
+  runHead: Uint32Array = NO_U32;
+  runIdx: Float64Array = NO_F64;
+  runFlags: Uint8Array = NO_U8;
   livePages = 0;
   /** logical FOLL_PIN pins accounted in vmstat (no-op zero-page pins excluded) */
   pins = 0;
@@ -86,19 +128,19 @@ export class PinHandle implements Counters {
   constructor(
     readonly session: number,
     readonly mmId: number,
-    capacity = 8,
+    capacity = 0,
   ) {
-    if (capacity > 8) this.resize(capacity);
+    if (capacity > 0) this.reserve(capacity);
   }
 
   /** Make room for at least `capacity` runs in all. */
   reserve(capacity: number): void {
-    if (capacity > this.runPfn.length) this.resize(capacity);
+    if (capacity > this.runPfn.length) this.resize(Math.ceil(capacity / MIN_RUN_CAPACITY) * MIN_RUN_CAPACITY);
   }
 
   /** Append a run (no counter change); returns its index. */
   push(pfn: number, count: number, head: number, idx: number, flags: number): number {
-    if (this.nRuns === this.runPfn.length) this.grow();
+    if (this.nRuns === this.runPfn.length) this.resize(Math.max(MIN_RUN_CAPACITY, 2 * this.nRuns));
     const r = this.nRuns++;
     this.runPfn[r] = pfn;
     this.runCount[r] = count;
@@ -113,24 +155,33 @@ export class PinHandle implements Counters {
     countInto(this, flags, n);
   }
 
-  private grow(): void {
-    this.resize(this.runPfn.length * 2);
+  /** The handle is gone: its run storage goes back for reuse. */
+  discard(): void {
+    giveRunBuffer(this.runIdx, this.runPfn.length);
+    this.nRuns = 0;
+    this.runIdx = NO_F64;
+    this.runPfn = this.runCount = this.runHead = NO_U32;
+    this.runFlags = NO_U8;
   }
 
-  /** Move the runs to arrays of `c` entries, sharing one backing store. */
+  /** Move the runs to arrays of `c` entries (a multiple of MIN_RUN_CAPACITY), sharing one backing store. */
   private resize(c: number): void {
-    const buf = new ArrayBuffer(21 * c);
+    const old = this.runPfn.length;
+    const buf = takeRunBuffer(c);
     const idx = new Float64Array(buf, 0, c);
     const pfn = new Uint32Array(buf, 8 * c, c);
     const count = new Uint32Array(buf, 12 * c, c);
     const head = new Uint32Array(buf, 16 * c, c);
     const fl = new Uint8Array(buf, 20 * c, c);
     const n = this.nRuns;
-    idx.set(this.runIdx.subarray(0, n));
-    pfn.set(this.runPfn.subarray(0, n));
-    count.set(this.runCount.subarray(0, n));
-    head.set(this.runHead.subarray(0, n));
-    fl.set(this.runFlags.subarray(0, n));
+    if (n > 0) {
+      idx.set(this.runIdx.subarray(0, n));
+      pfn.set(this.runPfn.subarray(0, n));
+      count.set(this.runCount.subarray(0, n));
+      head.set(this.runHead.subarray(0, n));
+      fl.set(this.runFlags.subarray(0, n));
+    }
+    giveRunBuffer(this.runIdx, old);
     this.runIdx = idx;
     this.runPfn = pfn;
     this.runCount = count;
@@ -295,7 +346,7 @@ export class PinRegistry {
 
   /** A handle for a GUP call in progress (not registered until commit). */
   /** A handle for one call; `capacity`: the runs expected (arrays grow beyond it). */
-  newHandle(session: number, mmId: number, capacity = 8): PinHandle {
+  newHandle(session: number, mmId: number, capacity = 0): PinHandle {
     return new PinHandle(session, mmId, capacity);
   }
 
@@ -304,7 +355,10 @@ export class PinRegistry {
    * holds no reference (nothing, or only no-op zero-page pins).
    */
   commit(h: PinHandle, nrPages: number): number {
-    if (h.pins === 0 && h.gets === 0) return 0;
+    if (h.pins === 0 && h.gets === 0) {
+      h.discard();
+      return 0;
+    }
     h.id = this.nextId++;
     h.nrPages = nrPages;
     this.handles.set(h.id, h);
@@ -890,6 +944,7 @@ export class PinRegistry {
     s.handles.delete(h);
     s.index = null; // its runs would linger in the index
     if (s.hintH === h) s.hintH = null;
+    h.discard();
   }
 }
 
