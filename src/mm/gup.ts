@@ -53,9 +53,9 @@ import { isCowMapping, type Vma } from "./vma.js";
 // loaders that compile ES imports to accessor calls (tsx, vite-node) would
 // otherwise make every read of an imported name a getter call.
 const {
-  FAULT_FLAG_REMOTE,
   alignDown,
   offsetIn,
+  FAULT_FLAG_REMOTE,
   FAULT_FLAG_UNSHARE,
   FAULT_FLAG_WRITE,
   FOLL_ANON,
@@ -77,6 +77,7 @@ const {
   FOLL_WRITE,
   GUP_PIN_COUNTING_BIAS,
   HPAGE_PMD_NR,
+  HPAGE_PMD_ORDER,
   HPAGE_PUD_NR,
   PAGEBLOCK_ORDER,
   PAGE_SIZE,
@@ -219,6 +220,24 @@ export function tryGrabFolio(k: Kernel, head: number, refs: number, flags: numbe
 export function gupPutFolio(k: Kernel, head: number, refs: number, runFlags: number, undo = false): void {
   if (runFlags & RUN_NOOP || refs === 0) return;
   const p = k.phys;
+  if ((runFlags & (RUN_PIN | RUN_BIAS2019 | RUN_SMALL)) === RUN_PIN) {
+    // The common unpin of a large folio that stays referenced, on one
+    // struct-page lookup: _pincount and _refcount each go down by refs.
+    const s = p.section(head);
+    const i = head & SECTION_MASK;
+    if (s !== undefined && s.order[i] !== 0 && s.pincount[i]! >= refs && s.refcount[i]! > refs) {
+      s.pincount[i]! -= refs;
+      s.refcount[i]! -= refs;
+      if (undo) {
+        k.vmstat.nr_foll_pin_acquired -= refs;
+        p.stats.gupRefUpdates--;
+      } else {
+        k.vmstat.nr_foll_pin_released += refs;
+        p.stats.gupRefUpdates++;
+      }
+      return;
+    }
+  }
   if (!(runFlags & RUN_PIN)) {
     p.folioRefAdd(head, -refs);
   } else {
@@ -432,16 +451,12 @@ export function gupCall(k: Kernel, mm: Mm, req: GupRequest): GupResult {
   if (!Number.isSafeInteger(req.nrPages) || req.nrPages < 0) invalid(`nr_pages ${req.nrPages} out of range`);
   if (!Number.isInteger(req.gupFlags) || req.gupFlags < 0 || req.gupFlags > 0xffff_ffff) invalid(`gup_flags ${req.gupFlags} out of range`);
   if (req.output !== "ranges" && req.output !== "pages" && req.output !== "none") invalid(`unknown output ${String(req.output)}`);
-  const res: GupResult = { ret: 0, handle: 0, ranges: batchInit(1), pages: null, refUpdates: 0, fastPinned: 0, warning: "" };
   const v = isValidGupArgs(req.gupFlags >>> 0, info.set, req.wantPages, info.remote ? req.locked : undefined);
-  if (typeof v === "string") {
-    res.ret = info.invalidRet;
-    res.warning = `WARN_ON_ONCE: ${v}`;
-    return res;
-  }
+  if (typeof v === "string") return { ret: info.invalidRet, handle: 0, ranges: batchInit(1), pages: null, refUpdates: 0, fastPinned: 0, warning: `WARN_ON_ONCE: ${v}` };
   let flags = v;
   const start = alignDown(req.start, PAGE_SIZE);
   const c = new GupCollector(k, mm, req);
+  const res: GupResult = { ret: 0, handle: 0, ranges: c.batch, pages: null, refUpdates: 0, fastPinned: 0, warning: "" };
   const before = k.phys.stats.gupRefUpdates;
   let ret: number;
   try {
@@ -609,7 +624,7 @@ class GupCollector {
     if (h.nRuns === h.runPfn.length) {
       // Full: make room at once for the rest of the call in folios like this one.
       // (At most 4096 more at once; beyond that the arrays double as usual.)
-      const more = Math.min(Math.ceil(Math.max(0, this.nrPages - idx) / n) + 1, 4096);
+      const more = Math.min(Math.ceil(Math.max(0, this.nrPages - idx) / n), 4096);
       h.reserve(Math.max(2 * h.nRuns, h.nRuns + more));
       if (this.outRanges) batchReserveSegments(this.batch, this.batch.folioEnd + more);
     }
@@ -619,6 +634,89 @@ class GupCollector {
     if (this.pages !== null) this.putPages(idx, pfn, n);
     if (touch) s.flags[i]! |= PG_referenced;
     return 0;
+  }
+
+  /**
+   * The common case of consecutive PMD leaves, in one loop: entries j0.. of
+   * the PMD table `t`, for up to `max` pages as pages[idx..], while each is a
+   * present leaf (user-accessible under GUP-fast), neither a table, special,
+   * PROT_NONE nor the huge zero folio, that maps the whole of an order-9
+   * folio with struct pages, writable if the call writes or pins read-only
+   * (which would need gup_must_unshare). Each folio is grabbed as grabLarge
+   * does (one refcount and pincount update), folio_mark_accessed; the slow
+   * path (`fast` false) refuses P2PDMA without the flag and touches the
+   * entry under FOLL_TOUCH, GUP-fast checks try_grab_folio_fast's refusals
+   * and gup_fast_folio_allowed instead. Stops before the first entry outside
+   * this case, which the caller takes through the general code; returns the
+   * pages taken. Counters are added once for the run.
+   */
+  grabPmdRun(flags: number, t: number, j0: number, max: number, idx: number, fast: boolean): number {
+    const h = this.handle;
+    const kind = flags & (FOLL_GET | FOLL_PIN);
+    if (h === null || this.bias || (kind !== FOLL_GET && kind !== FOLL_PIN) || flags & FOLL_SPLIT_PMD || max <= 0) return 0;
+    const k = this.k;
+    const p = k.phys;
+    const pool = k.pt;
+    const words = pool.chunk(t);
+    const b = pool.base(t);
+    const write = (flags & FOLL_WRITE) !== 0;
+    const pin = kind === FOLL_PIN;
+    const readOnlyOk = !write && !pin; // a read-only FOLL_GET: no unshare, no FOLL_FORCE question
+    const touchEntry = !fast && (flags & FOLL_TOUCH) !== 0;
+    const markAccessed = fast || (flags & FOLL_TOUCH) !== 0;
+    const touchBits = E_YOUNG | (write ? E_DIRTY : 0);
+    const need = fast ? E_PRESENT | E_USER : E_PRESENT;
+    const hz = p.hugeZeroPfn;
+    const rf = pin ? RUN_PIN | (flags & FOLL_LONGTERM ? RUN_LONGTERM : 0) : 0;
+    const stop = Math.min(PTRS_PER_TABLE, j0 + Math.ceil(max / HPAGE_PMD_NR));
+    if (h.nRuns + (stop - j0) > h.runPfn.length) h.reserve(Math.max(2 * h.nRuns, h.nRuns + (stop - j0)));
+    if (this.outRanges) batchReserveSegments(this.batch, this.batch.folioEnd + (stop - j0));
+    let secIdx = -1;
+    let sec: PM.Section | undefined;
+    let p2pOk = false;
+    let done = 0;
+    let updates = 0;
+    for (let j = j0; j < stop; j++) {
+      const o = b + 2 * j;
+      const lo = words[o]!;
+      const hi = words[o + 1]!;
+      if ((hi & (need | E_TABLE | E_SPECIAL | E_PROTNONE)) !== need) break;
+      if (!(hi & E_WRITE) && !readOnlyOk) break;
+      if ((lo & (HPAGE_PMD_NR - 1)) !== 0 || (hz >= 0 && lo >= hz && lo < hz + HPAGE_PMD_NR)) break;
+      if (lo >>> SECTION_SHIFT !== secIdx) {
+        secIdx = lo >>> SECTION_SHIFT;
+        sec = p.section(lo);
+        if (sec === undefined) break;
+        p2pOk = !p2pdmaRefused(p, lo, flags);
+      }
+      const s = sec!;
+      const i = lo & SECTION_MASK;
+      if (s.order[i] !== HPAGE_PMD_ORDER) break;
+      if (fast ? !fastBlockOk(p, lo, flags) || !folioAllowed(flags, HPAGE_PMD_ORDER, s.flags[i]!, s.mapping[i]!) : !p2pOk) break;
+      const n = Math.min(max - done, HPAGE_PMD_NR);
+      const ref = s.refcount[i]!;
+      if (ref <= 0 || ref + n > REF_MAX) break;
+      if (pin) {
+        const pc = s.pincount[i]!;
+        if (pc + n > REF_MAX) break;
+        s.pincount[i] = pc + n;
+      }
+      s.refcount[i] = ref + n;
+      updates++;
+      h.push(lo, n, lo, idx + done, rf);
+      if (this.outRanges) batchAddPfnNum(this.batch, lo, n, lo);
+      if (this.pages !== null) this.putPages(idx + done, lo, n);
+      if (markAccessed) s.flags[i]! |= PG_referenced;
+      if (touchEntry) words[o + 1] = hi | touchBits; // touch_pmd
+      done += n;
+      if (done >= max) break;
+    }
+    if (done > 0) {
+      if (pin) k.vmstat.nr_foll_pin_acquired += done;
+      p.stats.gupRefUpdates += updates;
+      h.count(rf, done);
+    }
+    return done;
   }
 
   /** pages[idx..idx+n) = pfn..pfn+n (all pfn if `same`), growing the page array as needed. */
@@ -776,16 +874,23 @@ function followPmdMask(c: GupCollector, vma: Vma, flags: number, t: number, addr
   }
   let done = followHugeLeaf(c, vma, flags, LEVEL_PMD, t, i, addr, max, idx);
   // The PMD leaves that follow in the same table are taken in this step too
-  // (one walk per PMD table, not per leaf). The first entry that is not a
-  // present huge leaf, or that followHugeLeaf does not take, ends the step;
+  // (one walk per PMD table, not per leaf): the common case in the collector's
+  // loop, any other leaf through followHugeLeaf. The first entry that is not
+  // a present huge leaf, or that followHugeLeaf does not take, ends the step;
   // the caller's next step walks to it again and handles it in full
   // (followHugeLeaf's refusals leave nothing behind but idempotent touches).
-  for (let j = i + 1; done > 0 && done < max && j < PTRS_PER_TABLE; j++) {
+  let j = i + 1;
+  while (done > 0 && done < max && j < PTRS_PER_TABLE) {
+    const got = c.grabPmdRun(flags, t, j, max - done, idx + done, false);
+    done += got;
+    j += Math.ceil(got / HPAGE_PMD_NR);
+    if (done >= max || j >= PTRS_PER_TABLE) break;
     const h = pool.hi(t, j);
     if (h & E_TABLE || !(h & E_PRESENT) || (h & E_PROTNONE && !canFollowProtnone(vma, flags))) break;
     const r = followHugeLeaf(c, vma, flags, LEVEL_PMD, t, j, addr + done * PAGE_SIZE, max - done, idx + done);
     if (r <= 0) break;
     done += r;
+    j++;
   }
   return done;
 }
@@ -1289,6 +1394,12 @@ function gupFast(c: GupCollector, start: number, end: number, flags: number): nu
       if (got === 0) break;
       nr += got;
       addr = pmdEnd;
+      // the PMD leaves that follow in this table: their common case in one loop
+      if (addr < end && mi + 1 < PTRS_PER_TABLE) {
+        const more = c.grabPmdRun(flags, ulo, mi + 1, (end - addr) / PAGE_SIZE, nr, true);
+        nr += more;
+        addr += more * PAGE_SIZE;
+      }
       continue;
     }
     const got = gupFastPteRange(c, flags, mlo, addr, pmdEnd, nr);
@@ -1314,8 +1425,7 @@ function gupFastLeaf(c: GupCollector, flags: number, level: Level, lo: number, h
   if (!(hi & E_WRITE) && gupMustUnshare(k, null, flags, head)) return 0;
   const off = Math.floor(offsetIn(addr, levelSize(level)) / PAGE_SIZE);
   const refs = (leafEnd - addr) / PAGE_SIZE;
-  if (c.grab(idx, lo + off, head, refs, false, flags) !== 0) return 0;
-  p.orFlags(head, PG_referenced);
+  if (c.grabLarge(idx, lo + off, head, refs, flags, true) !== 0) return 0; // with folio_mark_accessed
   return refs;
 }
 

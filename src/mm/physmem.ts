@@ -293,13 +293,16 @@ export class PhysMem {
   }
 
   zoneOfRamPfn(pfn: number): Zone {
-    for (const z of this.zones) if (pfn >= z.startPfn && pfn < z.endPfn) return z.id;
+    const zones = this.zones;
+    for (let i = 0; i < zones.length; i++) if (pfn >= zones[i]!.startPfn && pfn < zones[i]!.endPfn) return zones[i]!.id;
     return Zone.NORMAL;
   }
 
   zoneOf(pfn: number): Zone {
-    if (pfn < this.ramPages) return this.zoneOfRamPfn(pfn);
-    return Zone.DEVICE;
+    if (pfn >= this.ramPages) return Zone.DEVICE;
+    // zones are section-aligned: a section records its zone
+    const s = this.sections[pfn >>> SECTION_SHIFT];
+    return s !== undefined ? s.zone : this.zoneOfRamPfn(pfn);
   }
 
   isCmaPfn(pfn: number): boolean {
