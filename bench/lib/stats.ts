@@ -68,6 +68,17 @@ async function once(t: Timed): Promise<number> {
 
 /** Operations faster than this get an untimed run right before each timed one. */
 export const WARM_BELOW_MS = 5;
+/**
+ * Before the rounds, the operations faster than WARM_BELOW_MS run untimed,
+ * in turn, until each has run WARM_CALLS times or for about WARM_BUDGET_MS
+ * each: the JIT optimizes a function only after enough calls, so a few
+ * dozen calls would time the interpreter's and baseline compiler's code
+ * instead of the steady state a long-running daemon reaches (as gup_test's
+ * repeats time the kernel warm). --quick warms with a twentieth of the
+ * calls and an eighth of the time.
+ */
+export const WARM_CALLS = 10_000;
+export const WARM_BUDGET_MS = 400;
 
 /**
  * Time several operations in the same run: `ctx.warmup` discarded rounds,
@@ -80,14 +91,30 @@ export const WARM_BELOW_MS = 5;
  * operation that follows a long one (a per-page reference walking gigabytes
  * of struct pages) pays cache and TLB misses on every struct-page array it
  * touches: 4-15× slower for a 16 GiB PUD pin. Long operations are not
- * affected. One full GC before the rounds, none between samples (a forced
- * GC evicts the caches too); GC work caused by a sample's own garbage stays
- * in the samples, and the median absorbs the odd collection.
+ * affected. One full GC before the warm-up, none between samples (a forced
+ * GC evicts the caches too, and deoptimizes code); GC work caused by a
+ * sample's own garbage stays in the samples, and the median absorbs the odd
+ * collection.
  */
 export async function timeAll(ctx: WorkloadContext, ops: Timed[], runs = ctx.runs, warmup = ctx.warmup): Promise<Sample[]> {
+  // A full GC first: V8 throws away optimized code whose embedded objects
+  // it collects ("weak objects" deoptimizations), so it comes before the
+  // warm-up, never between it and the rounds.
   collectGarbage();
-  const samples: number[][] = ops.map(() => []);
   const last: number[] = ops.map(() => Infinity);
+  if (warmup > 0) {
+    // Round robin over the fast operations, so that the code they share is
+    // compiled with the type feedback of all of them (warming one after the
+    // other lets the next deoptimize what the previous one warmed).
+    for (let i = 0; i < ops.length; i++) last[i] = await once(ops[i]!);
+    const fast = ops.map((op, i) => last[i]! * (op.inner ?? 1) < WARM_BELOW_MS);
+    const t0 = performance.now();
+    const calls = ctx.opts.quick ? WARM_CALLS / 20 : WARM_CALLS;
+    const budget = (ctx.opts.quick ? WARM_BUDGET_MS / 8 : WARM_BUDGET_MS) * fast.filter(Boolean).length;
+    for (let n = 1; n < calls && fast.includes(true) && performance.now() - t0 < budget; n++)
+      for (let i = 0; i < ops.length; i++) if (fast[i]) last[i] = await once(ops[i]!);
+  }
+  const samples: number[][] = ops.map(() => []);
   for (let round = 0; round < warmup + runs; round++) {
     for (let j = 0; j < ops.length; j++) {
       const i = (j + round) % ops.length;
