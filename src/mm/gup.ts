@@ -509,6 +509,23 @@ export function getUserPagesFast(k: Kernel, mm: Mm, session: number, start: numb
   return gupCall(k, mm, { variant: "get_user_pages_fast", start, nrPages, gupFlags, wantPages: true, output, session });
 }
 
+/**
+ * try_grab_folio's arithmetic on a large folio (current accounting) whose
+ * struct page is s[i]: `refs` more references, and as many pins with `pin`,
+ * as one update; false (nothing changed) if a count would leave its range.
+ */
+function grabLargeRefs(s: PM.Section, i: number, refs: number, pin: boolean): boolean {
+  const ref = s.refcount[i]!;
+  if (ref <= 0 || ref + refs > REF_MAX) return false;
+  if (pin) {
+    const pc = s.pincount[i]!;
+    if (pc + refs > REF_MAX) return false;
+    s.pincount[i] = pc + refs;
+  }
+  s.refcount[i] = ref + refs;
+  return true;
+}
+
 // ---------------------------------------------------------------------------
 // What a call collects
 
@@ -609,17 +626,12 @@ class GupCollector {
       if (e === 0 && touch) p.orFlags(head, PG_referenced);
       return e;
     }
-    const ref = s.refcount[i]!;
-    if (ref <= 0 || ref + n > REF_MAX) return -ENOMEM;
+    if (!grabLargeRefs(s, i, n, kind === FOLL_PIN)) return -ENOMEM;
     let rf = 0;
     if (kind === FOLL_PIN) {
-      const pc = s.pincount[i]!;
-      if (pc + n > REF_MAX) return -ENOMEM;
-      s.pincount[i] = pc + n;
       k.vmstat.nr_foll_pin_acquired += n;
       rf = RUN_PIN | (flags & FOLL_LONGTERM ? RUN_LONGTERM : 0);
     }
-    s.refcount[i] = ref + n;
     p.stats.gupRefUpdates++;
     if (h.nRuns === h.runPfn.length) {
       // Full: make room at once for the rest of the call in folios like this one.
@@ -694,14 +706,7 @@ class GupCollector {
       if (s.order[i] !== HPAGE_PMD_ORDER) break;
       if (fast ? !fastBlockOk(p, lo, flags) || !folioAllowed(flags, HPAGE_PMD_ORDER, s.flags[i]!, s.mapping[i]!) : !p2pOk) break;
       const n = Math.min(max - done, HPAGE_PMD_NR);
-      const ref = s.refcount[i]!;
-      if (ref <= 0 || ref + n > REF_MAX) break;
-      if (pin) {
-        const pc = s.pincount[i]!;
-        if (pc + n > REF_MAX) break;
-        s.pincount[i] = pc + n;
-      }
-      s.refcount[i] = ref + n;
+      if (!grabLargeRefs(s, i, n, pin)) break;
       updates++;
       h.push(lo, n, lo, idx + done, rf);
       if (this.outRanges) batchAddPfnNum(this.batch, lo, n, lo);

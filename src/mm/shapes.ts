@@ -22,6 +22,7 @@
 const makers: (() => object)[] = [];
 const kept: object[] = [];
 let ticks = 0;
+let refreshing = false;
 const SHAPES_REFRESH = 256;
 
 /** Keep an instance made by `make` (as the calls make them, but small) for the life of the process. */
@@ -32,6 +33,11 @@ export function keepShape(make: () => object): void {
 
 /** One call of a hot entry point (see the header). */
 export function shapesTick(): void {
-  if (++ticks % SHAPES_REFRESH !== 0) return;
-  for (let i = 0; i < makers.length; i++) kept[i] = makers[i]!();
+  if (++ticks % SHAPES_REFRESH !== 0 || refreshing) return;
+  refreshing = true; // the makers run the constructors that tick
+  try {
+    for (let i = 0; i < makers.length; i++) kept[i] = makers[i]!();
+  } finally {
+    refreshing = false;
+  }
 }
